@@ -1,0 +1,1 @@
+"""The pikafka broker service: partitioned segment-file log on disk, served over CoAP."""
