@@ -25,7 +25,7 @@ pytest: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)
-	$(PY) -m pi_broker.demo
+	$(PY) -m clients.demo
 
 bench: $(STAMP)
 	$(PY) bench/broker_bench.py

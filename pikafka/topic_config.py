@@ -19,6 +19,8 @@ class TopicConfig:
     min_insync_replicas: int = 1
     max_message_bytes: int = 1024 * 1024
     index_interval_bytes: int = 4096
+    # 1: when no in-sync replica is alive, elect an out-of-sync one (availability over acknowledged data)
+    unclean_leader_election: int = 0
 
     @classmethod
     def from_dict(cls, raw: object) -> TopicConfig:
@@ -54,6 +56,9 @@ class TopicConfig:
             raise PikafkaError(ErrorCode.INVALID_CONFIG, "max_message_bytes must be between 64 B and 16 MiB")
         if not 128 <= self.index_interval_bytes <= 1 << 20:
             raise PikafkaError(ErrorCode.INVALID_CONFIG, "index_interval_bytes must be between 128 B and 1 MiB")
+
+        if self.unclean_leader_election not in (0, 1):
+            raise PikafkaError(ErrorCode.INVALID_CONFIG, "unclean_leader_election must be 0 or 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,208 @@
+"""Single-broker benchmark: prints figures, asserts nothing.
+
+    .venv/bin/python bench/broker_bench.py            # all four parts, about two minutes
+    .venv/bin/python bench/broker_bench.py --quick    # smaller counts, for a smoke run
+
+(a) batching producer, acks=1, 100-byte records: records/s
+(b) one record per request, 16 in flight: broker rate as a ratio to a bare aiocoap resource that does nothing,
+    same client, same transport (UDP and TCP both reported)
+(c) ack latency p50/p99 at 1,000 records/s offered, one record per request (open loop)
+(d) broker RSS after 1M records in 10 partitions, beside a bare aiocoap server's RSS after the same request load
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiocoap
+import cbor2
+
+from clients import Admin, Producer
+from pikafka.protocol import CT_CBOR
+from pikafka.records import Record, encode_batch
+
+REPO = Path(__file__).resolve().parent.parent
+VALUE = b"x" * 100
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not come up")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def start_broker(data_dir: str, port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "pi_broker.service", "--id", "1", "--bind", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--data-dir", data_dir], cwd=REPO, stdout=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc
+
+
+def start_bare(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_coap_server.py"), "--port", str(port)])
+    wait_port(port, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def batching_rate(url: str, topic: str, n: int, partitions: int) -> float:
+    async with Producer(bootstrap=url, acks=1, linger_ms=5, max_batch_bytes=256 * 1024) as p:
+        # warm-up: metadata and connections
+        await p.send_and_wait(topic, VALUE, partition=0)
+        t0 = time.perf_counter()
+        futures = [await p.send(topic, VALUE, partition=i % partitions) for i in range(n)]
+        await p.flush()
+        await asyncio.gather(*futures)
+        return n / (time.perf_counter() - t0)
+
+
+def one_record_request(uri: str, topic: str, no: int) -> aiocoap.Message:
+    body = cbor2.dumps(
+        {"acks": 1, "batches": [{"topic": topic, "partition": 0, "records": encode_batch([Record(VALUE)])}]}
+    )
+    return aiocoap.Message(code=aiocoap.POST, uri=uri, payload=body, content_format=CT_CBOR)
+
+
+async def rate_in_flight(ctx: aiocoap.Context, uri: str, topic: str, n: int, in_flight: int = 16) -> float:
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(i: int) -> None:
+        async with sem:
+            resp = await ctx.request(one_record_request(uri, topic, i)).response
+            if not resp.code.is_successful():
+                raise RuntimeError(f"{resp.code}: {resp.payload!r}")
+
+    await one(-1)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def open_loop_latency(ctx: aiocoap.Context, uri: str, topic: str, rate: int, seconds: float) -> list[float]:
+    latencies: list[float] = []
+
+    async def one(i: int) -> None:
+        t = time.perf_counter()
+        resp = await ctx.request(one_record_request(uri, topic, i)).response
+        if resp.code.is_successful():
+            latencies.append(time.perf_counter() - t)
+
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        # open loop: the send schedule does not wait for answers, so slow answers show as latency, not lower load
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+async def timed(label: str, fn: Callable[[], Awaitable[float]]) -> float:
+    value = await fn()
+    print(f"  {label}: {value:,.0f}", flush=True)
+    return value
+
+
+async def main(quick: bool) -> None:
+    n_batch = 100_000 if quick else 300_000
+    n_single = 1_000 if quick else 4_000
+    n_rss = 200_000 if quick else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="pikafka-bench-") as tmp:
+        port, bare_port = free_port(), free_port()
+        broker = start_broker(tmp, port)
+        bare = start_bare(bare_port)
+        url = f"coap://127.0.0.1:{port}"
+        try:
+            admin = Admin(bootstrap=url)
+            await admin.create_topic("bench", partitions=10, replication_factor=1)
+            await admin.create_topic("single", partitions=1, replication_factor=1)
+            await admin.close()
+
+            print(f"(a) batching producer, acks=1, {n_batch:,} x 100-byte records, 10 partitions")
+            a = await timed("records/s", lambda: batching_rate(url, "bench", n_batch, 10))
+
+            print(f"(b) one record per request, 16 in flight, {n_single:,} requests")
+            ctx = await aiocoap.Context.create_client_context()
+            ratios = {}
+            for scheme in ("coap", "coap+tcp"):
+                b_rate = await rate_in_flight(ctx, f"{scheme}://127.0.0.1:{port}/produce", "single", n_single)
+                bare_rate = await rate_in_flight(ctx, f"{scheme}://127.0.0.1:{bare_port}/produce", "single", n_single)
+                ratios[scheme] = b_rate / bare_rate
+                print(
+                    f"  {scheme:8s} broker {b_rate:,.0f} req/s, bare aiocoap {bare_rate:,.0f} req/s, ratio {ratios[scheme]:.2f}"
+                )
+
+            print("(c) ack latency at 1,000 records/s offered, one record per request, 10 s")
+            for scheme in ("coap", "coap+tcp"):
+                lat = await open_loop_latency(
+                    ctx, f"{scheme}://127.0.0.1:{port}/produce", "single", 1000, 5 if quick else 10
+                )
+                print(f"  {scheme:8s} p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, answered {len(lat):,}")
+            await ctx.shutdown()
+
+            print(f"(d) broker RSS after {n_rss:,} records in 10 partitions")
+            already = n_batch + 1
+            await batching_rate(url, "bench", max(0, n_rss - already), 10)
+            print(
+                f"  broker RSS {rss_mb(broker.pid):.1f} MB; bare aiocoap server RSS after (b)/(c) load {rss_mb(bare.pid):.1f} MB"
+            )
+            print(
+                f"SUMMARY a={a:,.0f} rec/s  b_ratio_udp={ratios['coap']:.2f} b_ratio_tcp={ratios['coap+tcp']:.2f}  "
+                f"rss={rss_mb(broker.pid):.1f}MB"
+            )
+        finally:
+            stop(broker)
+            stop(bare)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    asyncio.run(main(parser.parse_args().quick))
