@@ -17,7 +17,6 @@ import asyncio
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,7 +174,8 @@ async def main(quick: bool) -> None:
                 bare_rate = await rate_in_flight(ctx, f"{scheme}://127.0.0.1:{bare_port}/produce", "single", n_single)
                 ratios[scheme] = b_rate / bare_rate
                 print(
-                    f"  {scheme:8s} broker {b_rate:,.0f} req/s, bare aiocoap {bare_rate:,.0f} req/s, ratio {ratios[scheme]:.2f}"
+                    f"  {scheme:8s} broker {b_rate:,.0f} req/s, bare aiocoap {bare_rate:,.0f} req/s, "
+                    f"ratio {ratios[scheme]:.2f}"
                 )
 
             print("(c) ack latency at 1,000 records/s offered, one record per request, 10 s")
@@ -190,7 +190,8 @@ async def main(quick: bool) -> None:
             already = n_batch + 1
             await batching_rate(url, "bench", max(0, n_rss - already), 10)
             print(
-                f"  broker RSS {rss_mb(broker.pid):.1f} MB; bare aiocoap server RSS after (b)/(c) load {rss_mb(bare.pid):.1f} MB"
+                f"  broker RSS {rss_mb(broker.pid):.1f} MB; "
+                f"bare aiocoap server RSS after the (b)/(c) load {rss_mb(bare.pid):.1f} MB"
             )
             print(
                 f"SUMMARY a={a:,.0f} rec/s  b_ratio_udp={ratios['coap']:.2f} b_ratio_tcp={ratios['coap+tcp']:.2f}  "
