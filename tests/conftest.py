@@ -42,6 +42,9 @@ class BrokerProcess:
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
+    def __post_init__(self) -> None:
+        """Hook for fixtures that track every broker they make (see broker_factory)."""
+
     @property
     def url(self) -> str:
         return f"coap://127.0.0.1:{self.port}"

@@ -1,0 +1,63 @@
+"""FlushTicket: what one group commit must fsync, snapshotted on the event-loop thread and synced on a worker.
+
+The ticket owns duplicates (os.dup) of the file descriptors it syncs. The log may meanwhile roll, delete a segment to
+retention or close, and close its own descriptors, without the worker ever fsyncing a closed or, worse, reused fd.
+fsync on a duplicate syncs the same file: Linux flushes the inode's dirty pages whichever descriptor wrote them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pi_broker.log.segment import LogSegment
+
+
+class SyncHealth:
+    """Whether any fsync of one log has failed. Set on the worker thread, read on the loop thread.
+
+    After a failed fsync Linux may have dropped the dirty pages and reports the error only once, so a later fsync
+    can succeed without the lost data ever reaching the disk: the log must stop counting anything as flushed.
+    """
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+@dataclass(eq=False)
+class FlushTicket:
+    end_offset: int  # the log end when snapshotted: every record below it is durable once the ticket is synced
+    generation: int  # the log's truncation count when snapshotted; a truncation since voids the ticket's offsets
+    segments: Sequence[tuple[LogSegment, int]]  # (segment, its next_offset when snapshotted)
+    directory_changes: int | None  # the log's directory-change count covered, None when the directory was clean
+    health: SyncHealth
+    _fds: list[int] = field(default_factory=list, repr=False)
+    synced: bool = False
+    _used: bool = False
+
+    def sync(self) -> None:
+        """fsync every descriptor, then close them all; a ticket is synced at most once (failed or not)."""
+        if self._used:
+            raise ValueError("this flush ticket was already used")
+        self._used = True
+        try:
+            for fd in self._fds:
+                os.fsync(fd)
+            self.synced = True
+        except OSError:
+            self.health.failed = True
+            raise
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Close the descriptors without syncing (for a ticket that will not be synced); the ticket is then used up."""
+        self._used = True
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)

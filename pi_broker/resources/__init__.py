@@ -1,0 +1,31 @@
+"""Thin CoAP resources over the broker model: decode the request, call `pi_broker.broker.Broker`, encode the answer.
+
+`build_site` assembles them into the one Site a broker process serves.
+"""
+
+from __future__ import annotations
+
+from aiocoap import resource
+
+from pi_broker.broker import Broker
+from pi_broker.resources.admin import TopicResource, TopicsResource
+from pi_broker.resources.base import BrokerSite, RequestLimits
+from pi_broker.resources.fetch import FetchResource
+from pi_broker.resources.metadata import MetadataResource
+from pi_broker.resources.produce import ProduceResource
+from pi_broker.resources.pubsub import PubSubRootResource, TopicDataResource
+from pikafka import protocol
+
+
+def build_site(broker: Broker) -> BrokerSite:
+    limits = RequestLimits(max_request_bytes=broker.config.max_request_bytes)
+    site = BrokerSite(limits)
+    site.add_resource((".well-known", "core"), resource.WKCResource(site.get_resources_as_linkheader, impl_info=None))
+    site.add_resource(protocol.TOPICS, TopicsResource(broker, limits))
+    site.add_resource(protocol.TOPICS, TopicResource(broker, limits))
+    site.add_resource(protocol.PRODUCE, ProduceResource(broker, limits))
+    site.add_resource(protocol.FETCH, FetchResource(broker, limits))
+    site.add_resource(protocol.METADATA, MetadataResource(broker, limits))
+    site.add_resource(protocol.PUBSUB_ROOT, PubSubRootResource(broker, limits))
+    site.add_resource(protocol.PUBSUB_DATA, TopicDataResource(broker, limits))
+    return site

@@ -1,0 +1,159 @@
+"""What every pikafka resource shares: method dispatch, size limit, body codecs and error rendering.
+
+Errors leave as the CoAP code of their ErrorCode with a one-line text/plain payload ``NAME: reason``; an exception
+nobody expected becomes 5.00 UNKNOWN_SERVER_ERROR, logged with its traceback, and the broker carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import cbor2
+from aiocoap import Code, Message, resource
+
+from pi_broker.broker import Broker
+from pikafka.errors import ErrorCode, PikafkaError
+from pikafka.protocol import CT_CBOR, CT_JSON, CT_TEXT
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_request_bytes: int
+
+
+def error_message(exc: PikafkaError) -> Any:
+    return Message(code=Code(exc.code.coap_code), payload=exc.payload(), content_format=CT_TEXT)
+
+
+def text_message(code: Any, text: str) -> Any:
+    return Message(code=code, payload=text.encode(), content_format=CT_TEXT)
+
+
+def uri_path(request: Any) -> str:
+    """The path the client asked for, for error messages (resources see it with their own prefix stripped)."""
+    original = getattr(request, "_original_request_uri", None)
+    if isinstance(original, str):
+        return urlsplit(original).path or "/"
+    return "/" + "/".join(request.opt.uri_path)
+
+
+def content_format_of(request: Any) -> int | None:
+    cf = request.opt.content_format
+    return None if cf is None else int(cf)
+
+
+def decode_body(request: Any, *, allow_json: bool = False) -> object:
+    """The request body as a decoded map/array; CBOR (60, also assumed when no Content-Format is given) or JSON."""
+    cf = content_format_of(request)
+    if cf is None or cf == CT_CBOR:
+        try:
+            return cbor2.loads(request.payload)
+        except Exception as exc:
+            # cbor2 raises several types for bad input (decode errors, bad tags, deep nesting); all mean the same.
+            raise PikafkaError(ErrorCode.INVALID_REQUEST, f"body is not valid CBOR: {exc}") from None
+    if cf == CT_JSON and allow_json:
+        try:
+            return json.loads(request.payload)
+        except ValueError as exc:
+            raise PikafkaError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {exc}") from None
+    accepted = "CBOR (60) or JSON (50)" if allow_json else "CBOR (60)"
+    raise PikafkaError(ErrorCode.UNSUPPORTED_CONTENT_FORMAT, f"content format {cf} is not accepted; send {accepted}")
+
+
+def encode_body(request: Any, document: object, *, allow_json: bool = False, code: Any = Code.CONTENT) -> Any:
+    """Answer in CBOR, or in JSON when the client asked for it (Accept 50, or a JSON request body)."""
+    accept = request.opt.accept
+    wanted = int(accept) if accept is not None else None
+    if wanted is None and allow_json and content_format_of(request) == CT_JSON:
+        wanted = CT_JSON
+    if wanted is None or wanted == CT_CBOR:
+        return Message(code=code, payload=cbor2.dumps(document), content_format=CT_CBOR)
+    if wanted == CT_JSON and allow_json:
+        return Message(code=code, payload=json.dumps(document).encode(), content_format=CT_JSON)
+    offered = "CBOR (60) or JSON (50)" if allow_json else "CBOR (60)"
+    raise PikafkaError(ErrorCode.NOT_ACCEPTABLE, f"cannot answer in content format {wanted}; {offered} only")
+
+
+class BrokerResource(resource.Resource):  # type: ignore[misc]
+    """Base of every pikafka resource: subclasses define `handle_<method>` coroutines taking the request."""
+
+    def __init__(self, broker: Broker, limits: RequestLimits) -> None:
+        super().__init__()
+        self.broker = broker
+        self.limits = limits
+
+    @property
+    def allowed_methods(self) -> list[str]:
+        return [name.removeprefix("handle_").upper() for name in dir(self) if name.startswith("handle_")]
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        # Refuse an oversize block-wise upload at its first block past the limit, before it is assembled in memory.
+        block1 = pipe.request.opt.block1
+        if block1 is not None and block1.start + block1.size > self.limits.max_request_bytes:
+            exc = self._too_large()
+            pipe.add_response(error_message(exc), is_last=True)
+            return
+        await super().render_to_pipe(pipe)
+
+    async def render(self, request: Any) -> Any:
+        try:
+            response = await self._dispatch(request)
+        except PikafkaError as exc:
+            if exc.code.coap_code >> 5 == 5:
+                log.warning("%s %s: %s", request.code, uri_path(request), exc)
+            response = error_message(exc)
+        except Exception:
+            log.exception("%s %s failed", request.code, uri_path(request))
+            response = error_message(
+                PikafkaError(ErrorCode.UNKNOWN_SERVER_ERROR, "unexpected error in the broker, see its log")
+            )
+        if response.opt.no_response is None:
+            response.opt.no_response = request.opt.no_response
+        return response
+
+    async def _dispatch(self, request: Any) -> Any:
+        method = str(request.code)
+        handler: Handler | None = getattr(self, f"handle_{method.lower()}", None)
+        if handler is None:
+            raise PikafkaError(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{method} is not allowed on {uri_path(request)}; use {', '.join(self.allowed_methods)}",
+            )
+        if len(request.payload) > self.limits.max_request_bytes:
+            raise self._too_large(len(request.payload))
+        return await handler(request)
+
+    def _too_large(self, size: int | None = None) -> PikafkaError:
+        what = f"{size}-byte body" if size is not None else "body"
+        return PikafkaError(
+            ErrorCode.RECORD_TOO_LARGE, f"the {what} exceeds max_request_bytes {self.limits.max_request_bytes}"
+        )
+
+
+class BrokerSite(resource.Site):  # type: ignore[misc]
+    """aiocoap's Site, but an unknown path gets 4.04 with a one-line reason like every other error."""
+
+    def __init__(self, limits: RequestLimits) -> None:
+        super().__init__()
+        self.limits = limits
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        try:
+            self._find_child_and_pathstripped_message(pipe.request)
+        except KeyError:
+            path = "/" + "/".join(pipe.request.opt.uri_path)
+            exc = PikafkaError(ErrorCode.NOT_FOUND, f"no resource at {path[:120]}")
+            response = error_message(exc)
+            response.opt.no_response = pipe.request.opt.no_response
+            pipe.add_response(response, is_last=True)
+            return
+        await super().render_to_pipe(pipe)

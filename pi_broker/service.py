@@ -1,0 +1,106 @@
+"""`pi-broker`: one broker process. Recover every log, bind one CoAP context (UDP and TCP on one port), serve until
+SIGTERM, then stop accepting, flush every log and exit 0.
+
+Exit codes: 0 after a graceful stop, 1 when the broker cannot start (unreadable data dir, port taken), 2 for a bad
+configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+import aiocoap
+from aiocoap.transports import rfc8323common
+
+from pi_broker.broker import Broker
+from pi_broker.config import BrokerConfig, ConfigError, load_config
+from pi_broker.resources import build_site
+from pi_broker.topic_registry import RegistryError
+from pikafka.lifecycle import run_service
+
+log = logging.getLogger("pi_broker")
+
+# Headroom above max_request_bytes for the CoAP header and options of a request arriving over TCP.
+_TCP_FRAME_SLACK = 64 * 1024
+_CONTEXT_SHUTDOWN_S = 1.0
+
+
+class BrokerService:
+    """The broker model plus its CoAP context, driven by pikafka.lifecycle.run_service."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.broker = Broker(config)
+        self.context: aiocoap.Context | None = None
+
+    async def start(self) -> str:
+        self.broker.open()
+        self.broker.start()
+        # aiocoap reads the largest acceptable CoAP-over-TCP message from this class attribute (1 MiB by default);
+        # one process serves one broker, so setting it here sizes every connection for max_request_bytes.
+        rfc8323common.RFC8323Remote._my_max_message_size = self.config.max_request_bytes + _TCP_FRAME_SLACK
+        _check_port_free(self.config.bind, self.config.port)
+        site = build_site(self.broker)
+        self.context = await aiocoap.Context.create_server_context(site, bind=(self.config.bind, self.config.port))
+        return (
+            f"broker {self.config.broker_id} serving coap://{_host_literal(self.config.bind)}:{self.config.port} "
+            f"(udp+tcp), data dir {self.config.data_dir}, {self.broker.topic_count} topic(s)"
+        )
+
+    async def stop(self) -> None:
+        serving = self.context is not None
+        if self.context is not None:
+            # Stop accepting first; a peer that keeps a TCP connection open must not hold up the shutdown.
+            try:
+                await asyncio.wait_for(self.context.shutdown(), _CONTEXT_SHUTDOWN_S)
+            except TimeoutError:
+                log.warning("CoAP context did not shut down within %.1f s", _CONTEXT_SHUTDOWN_S)
+            self.context = None
+        await self.broker.close()
+        if serving:
+            log.info("broker %d stopped; all logs flushed", self.config.broker_id)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """aiocoap binds with SO_REUSEPORT, so a second broker on a taken port would start and silently share the
+    traffic. A probe socket without that option fails with EADDRINUSE instead."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is no owner
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise OSError(exc.errno, f"port {port} on {host} is in use ({exc.strerror})") from None
+
+
+def _host_literal(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"pi-broker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # aiocoap logs every unanswered retransmission at INFO; keep the broker's log about the broker.
+    logging.getLogger("coap-server").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
+    try:
+        return asyncio.run(run_service(BrokerService(config)))
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except (RegistryError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The broker model without CoAP: group commit, high watermark, produce/fetch validation, pub-sub watch."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from pi_broker.broker import Broker
+from pi_broker.config import BrokerConfig
+from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
+from pikafka.errors import ErrorCode, PikafkaError
+from pikafka.records import Record, decode_records, encode_batch, iter_batches
+
+
+def produce_request(topic: str, *values: bytes, partition: int = 0, acks: int = 1, **producer: int) -> ProduceRequest:
+    batch = encode_batch([Record(value=v) for v in values], **producer)
+    return ProduceRequest.parse({"acks": acks, "batches": [{"topic": topic, "partition": partition, "records": batch}]})
+
+
+def fetch_request(topic: str, offset: int = 0, wait_ms: int = 0) -> FetchRequest:
+    return FetchRequest.parse({"partitions": [{"topic": topic, "partition": 0, "offset": offset}], "wait_ms": wait_ms})
+
+
+def values_of(records: bytes) -> list[bytes | None]:
+    return [r.value for _, b in iter_batches(records) for r in decode_records(b)]
+
+
+@pytest.fixture
+async def broker(tmp_path: Path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    broker.open()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def test_concurrent_produces_share_fsync_rounds(broker: Broker):
+    broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+    results = await asyncio.gather(*(broker.produce(produce_request("t", f"{i}".encode())) for i in range(50)))
+    assert sorted(r[0].base_offset for r in results) == list(range(50))
+    assert broker._group_commit.rounds < 50  # many acks per fsync
+    fetched = await broker.fetch(fetch_request("t"))
+    assert fetched[0].high_watermark == 50 and len(values_of(fetched[0].records)) == 50
+
+
+async def test_records_are_invisible_until_fsynced(broker: Broker):
+    broker.create_topic(CreateTopicRequest("lazy", 1, 1, {"flush_interval_ms": 300}))
+    await broker.produce(produce_request("lazy", b"x"))  # acknowledged after the write
+    (partition,) = broker._topic("lazy").partitions
+    assert partition.log.log_end_offset == 1 and partition.high_watermark == 0
+    assert (await broker.fetch(fetch_request("lazy")))[0].records == b""
+    fetched = await broker.fetch(fetch_request("lazy", wait_ms=5000))  # wakes when the periodic fsync lands
+    assert values_of(fetched[0].records) == [b"x"] and partition.high_watermark == 1
+
+
+async def test_request_is_validated_whole(broker: Broker):
+    broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+    pid = {"producer_id": 5, "producer_epoch": 0}
+    good = encode_batch([Record(value=b"a")], base_sequence=0, **pid)
+    gap = encode_batch([Record(value=b"b")], base_sequence=3, **pid)
+    request = ProduceRequest.parse(
+        {"batches": [{"topic": "t", "partition": 0, "records": good}, {"topic": "t", "partition": 0, "records": gap}]}
+    )
+    with pytest.raises(PikafkaError) as info:
+        await broker.produce(request)
+    assert info.value.code is ErrorCode.OUT_OF_ORDER_SEQUENCE
+    assert broker._topic("t").partitions[0].log.log_end_offset == 0
+
+
+async def test_watch_follows_durable_records(broker: Broker):
+    broker.create_topic(CreateTopicRequest("ps", 2, 1, {}))
+    watch = broker.watch("ps")
+    seen: list[bytes] = []
+
+    async def follow() -> None:
+        async for reading in watch:
+            seen.append(reading.value)
+            if len(seen) == 6:
+                return
+
+    task = asyncio.create_task(follow())
+    await asyncio.gather(*(broker.append_reading("ps", f"v{i}".encode(), b"k", 0) for i in range(6)))
+    await asyncio.wait_for(task, 5)
+    assert sorted(seen) == sorted(f"v{i}".encode() for i in range(6))
+    latest = broker.latest_reading("ps")
+    assert latest is not None and latest.content_format == 0
+
+
+async def test_reopen_recovers_topics_and_producer_state(tmp_path: Path):
+    config = BrokerConfig(data_dir=tmp_path / "d")
+    first = Broker(config)
+    first.open()
+    first.start()
+    first.create_topic(CreateTopicRequest("t", 2, 1, {}))
+    await first.produce(produce_request("t", b"a", producer_id=9, producer_epoch=0, base_sequence=0))
+    await first.close()
+    second = Broker(config)
+    second.open()
+    second.start()
+    try:
+        assert second.list_topics() == ["t"]
+        again = await second.produce(produce_request("t", b"a", producer_id=9, producer_epoch=0, base_sequence=0))
+        assert again[0].base_offset == 0 and second._topic("t").partitions[0].log.log_end_offset == 1
+    finally:
+        await second.close()
