@@ -21,6 +21,7 @@ from pi_broker.config import BrokerConfig, ConfigError, load_config
 from pi_broker.resources import build_site
 from pi_broker.topic_registry import RegistryError
 from pikafka.lifecycle import run_service
+from pikafka.malloc_tuning import tune_malloc
 
 log = logging.getLogger("pi_broker")
 
@@ -82,6 +83,7 @@ def _host_literal(host: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()  # before any thread or large buffer exists
     try:
         config = load_config(argv)
     except ConfigError as exc:
