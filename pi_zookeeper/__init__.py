@@ -1,1 +1,1 @@
-"""The mini-zookeeper: broker membership, cluster metadata and leader election (arrives with the cluster issue)."""
+"""The mini-zookeeper: broker membership, cluster metadata and leader election (docs/cluster.md)."""
