@@ -49,21 +49,38 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _ArgumentParser(add_help=False)
-    common.add_argument(
+def _add_common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes. They are accepted before and after the command words; the copy after
+    the command has no defaults (SUPPRESS), so it overrides the top-level value only when it is given."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
         "--bootstrap",
-        default=os.environ.get(BOOTSTRAP_ENV, f"coap://127.0.0.1:{DEFAULT_PORT}"),
+        default=default(os.environ.get(BOOTSTRAP_ENV, f"coap://127.0.0.1:{DEFAULT_PORT}")),
         help=f"broker address coap://HOST:PORT, comma-separated for several (env {BOOTSTRAP_ENV})",
     )
-    common.add_argument(
-        "--request-timeout", type=_positive_float, default=10.0, metavar="S", help="seconds to wait for a broker"
+    parser.add_argument(
+        "--request-timeout",
+        type=_positive_float,
+        default=default(10.0),
+        metavar="S",
+        help="seconds to wait for a broker",
     )
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress and a summary to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log progress and a summary to stderr"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _ArgumentParser(add_help=False)
+    _add_common_options(common, defaults=False)
     formatted = _ArgumentParser(add_help=False)
     formatted.add_argument("--format", choices=("table", "json"), default="table")
 
     parser = _ArgumentParser(prog=PROG, description="pikafka command line: topics, produce, consume")
+    _add_common_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{topic,produce,consume}")
 
     topic = commands.add_parser("topic", help="create, list, describe or delete topics")

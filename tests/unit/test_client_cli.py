@@ -128,3 +128,12 @@ def test_describe_table():
     assert lines[1] == "config retention_ms=5"
     assert lines[2].split()[0] == "PARTITION"
     assert lines[3].split() == ["0", "1", "0", "1,2", "1", "0", "10", "10"]
+
+
+def test_common_options_before_or_after_the_command():
+    from clients.cli import build_parser
+
+    before = build_parser().parse_args(["--bootstrap", "coap://a:1", "topic", "list"])
+    after = build_parser().parse_args(["topic", "list", "--bootstrap", "coap://b:2"])
+    both = build_parser().parse_args(["--bootstrap", "coap://a:1", "topic", "list", "--bootstrap", "coap://b:2"])
+    assert (before.bootstrap, after.bootstrap, both.bootstrap) == ("coap://a:1", "coap://b:2", "coap://b:2")
