@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import IO, Any, NoReturn
 
 from clients.admin import Admin
+from clients.cluster_view import fetch_cluster_view, format_cluster_json, format_cluster_table
 from clients.consumer import Consumer
 from clients.producer import Producer
 from clients.records import ConsumerRecord, RecordMetadata, TopicPartition
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _ArgumentParser(prog=PROG, description="pikafka command line: topics, produce, consume")
     _add_common_options(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{topic,produce,consume}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{topic,produce,consume,cluster}")
 
     topic = commands.add_parser("topic", help="create, list, describe or delete topics")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True, metavar="{create,list,describe,delete}")
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout", type=_positive_float, metavar="S", help="stop after S seconds without a record")
     consume.add_argument("--format", choices=("raw", "json"), default="raw", help="raw: values only; json: all fields")
     consume.add_argument("--save", metavar="FILE", help="also append one JSON line per record to FILE")
+
+    commands.add_parser(
+        "cluster", parents=[common, formatted], help="brokers and partitions: leaders, epochs, ISR, high watermarks"
+    )
     return parser
 
 
@@ -392,7 +397,15 @@ async def run(args: argparse.Namespace) -> int:
         return await run_topic(args)
     if args.command == "produce":
         return await run_produce(args)
+    if args.command == "cluster":
+        return await run_cluster(args)
     return await run_consume(args)
+
+
+async def run_cluster(args: argparse.Namespace) -> int:
+    view = await fetch_cluster_view(args.bootstrap, timeout_s=args.request_timeout)
+    print(format_cluster_json(view) if args.format == "json" else format_cluster_table(view))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
