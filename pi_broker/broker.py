@@ -2,8 +2,12 @@
 
 The resources in `pi_broker.resources` translate CoAP requests into calls here and PikafkaError back into response
 codes; everything a request may change is validated whole before anything is written, so a refused request leaves
-no trace. Shaped for replication to come: partitions carry a leader epoch (0 on a standalone broker), batches carry
+no trace. Partitions carry a role and a leader epoch (a standalone broker leads everything at epoch 0), batches carry
 producer ids and sequences, and consumers read only below the high watermark.
+
+Clustered (config.zookeeper set, docs/replication.md): which topics exist and who leads what come from the
+zookeeper's snapshots, applied by ReplicaRoles; produce and consumer fetch are served by partition leaders only;
+followers fetch with a replica id (ReplicaFetchServer); topic creation and deletion go to the zookeeper.
 """
 
 from __future__ import annotations
@@ -19,17 +23,18 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from pi_broker.cluster_metadata import MetadataSnapshot
 from pi_broker.config import BrokerConfig, ConfigError
 from pi_broker.group_commit import GroupCommit
 from pi_broker.log.partition_log import PartitionLog
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
-from pi_broker.partition import Partition, TopicPartition
+from pi_broker.partition import Partition, Role, TopicPartition
 from pi_broker.topic_registry import TopicRegistry, TopicSpec
 from pikafka.atomic_file import read_json, write_json_atomic
 from pikafka.errors import ErrorCode, PikafkaError
-from pikafka.protocol import ACKS_NONE, MAX_PARTITIONS, check_topic_name
+from pikafka.protocol import ACKS_ALL, ACKS_NONE, MAX_PARTITIONS, check_topic_name
 from pikafka.records import (
     BatchHeader,
     CorruptBatchError,
@@ -84,6 +89,14 @@ class Topic:
     partitions: list[Partition]
 
 
+class TopicAdmin(Protocol):
+    """Where a clustered broker sends topic creation and deletion: the zookeeper (see ClusterLink)."""
+
+    async def create_topic(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def delete_topic(self, name: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class _PlannedBatch:
     partition: Partition
@@ -94,7 +107,11 @@ class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.registry = TopicRegistry(config.data_dir)
-        self.cluster_id = ""
+        self.clustered = config.zookeeper is not None
+        # Clustered: None until the zookeeper assigns one (then kept in meta.json); standalone: made up at first start.
+        self.cluster_id: str | None = None
+        self.snapshot: MetadataSnapshot | None = None  # the latest applied zookeeper snapshot (clustered only)
+        self.topic_admin: TopicAdmin | None = None  # set by the service on a clustered broker
         self._topics: dict[str, Topic] = {}
         self._deleting: set[str] = set()
         self._group_commit = GroupCommit()
@@ -165,10 +182,17 @@ class Broker:
         try:
             meta = read_json(path)
         except FileNotFoundError:
-            meta = {"cluster_id": secrets.token_urlsafe(16), "broker_id": self.config.broker_id}
+            # A clustered broker's first start: the zookeeper names the cluster when it registers.
+            meta = {
+                "cluster_id": None if self.clustered else secrets.token_urlsafe(16),
+                "broker_id": self.config.broker_id,
+            }
             write_json_atomic(path, meta)
-        if not isinstance(meta, dict) or not isinstance(meta.get("cluster_id"), str):
+        if not isinstance(meta, dict) or not isinstance(meta.get("cluster_id"), str | None):
             raise ConfigError(f"{path} is not a broker identity file")
+        if meta["cluster_id"] is None and not self.clustered:
+            meta = {**meta, "cluster_id": secrets.token_urlsafe(16)}
+            write_json_atomic(path, meta)
         if meta.get("broker_id") != self.config.broker_id:
             # Kafka refuses this too: two ids for one data directory would confuse every replica about who holds what.
             raise ConfigError(
@@ -177,9 +201,29 @@ class Broker:
             )
         self.cluster_id = meta["cluster_id"]
 
+    def adopt_cluster_id(self, cluster_id: str) -> None:
+        """Remember (durably) the cluster the zookeeper said this broker belongs to."""
+        if self.cluster_id == cluster_id:
+            return
+        if self.cluster_id is not None:
+            raise PikafkaError(
+                ErrorCode.CLUSTER_ID_MISMATCH,
+                f"this broker's data belongs to cluster {self.cluster_id!r}, not {cluster_id[:40]!r}",
+            )
+        write_json_atomic(
+            self.config.data_dir / META_FILE, {"cluster_id": cluster_id, "broker_id": self.config.broker_id}
+        )
+        self.cluster_id = cluster_id
+        log.info("joined cluster %s", cluster_id)
+
     def _open_partition(self, spec: TopicSpec, index: int) -> Partition:
         directory = self.registry.partition_dir(spec.name, index)
-        return Partition(TopicPartition(spec.name, index), PartitionLog.open(directory, spec.config))
+        return Partition(
+            TopicPartition(spec.name, index),
+            PartitionLog.open(directory, spec.config),
+            broker_id=self.config.broker_id,
+            clustered=self.clustered,
+        )
 
     @property
     def topic_count(self) -> int:
@@ -188,9 +232,24 @@ class Broker:
     def partitions(self) -> list[Partition]:
         return [p for topic in self._topics.values() for p in topic.partitions]
 
+    def find_partition(self, key: TopicPartition) -> Partition | None:
+        topic = self._topics.get(key.topic)
+        if topic is None or not 0 <= key.partition < len(topic.partitions):
+            return None
+        return topic.partitions[key.partition]
+
+    def local_topic(self, name: str) -> Topic | None:
+        return self._topics.get(name)
+
+    @property
+    def group_commit(self) -> GroupCommit:
+        return self._group_commit
+
     # -- admin -------------------------------------------------------------------------------------------------
 
     def list_topics(self) -> list[str]:
+        if self.clustered and self.snapshot is not None:
+            return sorted(self.snapshot.topics)  # the cluster's topics, including those this broker holds no replica of
         return sorted(self._topics)
 
     def create_topic(self, request: CreateTopicRequest) -> TopicSpec:
@@ -205,7 +264,12 @@ class Broker:
         config = self._topic_config(request.config)
         if name in self._topics or name in self._deleting:
             raise PikafkaError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists")
-        spec = TopicSpec(name, request.partitions, request.replication_factor, config)
+        return self.create_local_topic(TopicSpec(name, request.partitions, request.replication_factor, config))
+
+    def create_local_topic(self, spec: TopicSpec) -> TopicSpec:
+        """Create the topic's directories and logs and list it (validated already: by create_topic, or by the
+        zookeeper when a snapshot brings a topic this broker holds replicas of)."""
+        name = spec.name
         try:
             self.registry.prepare_directories(spec)
             partitions = [self._open_partition(spec, i) for i in range(spec.partitions)]
@@ -262,6 +326,12 @@ class Broker:
 
     def metadata(self, topics: list[str] | None = None) -> dict[str, Any]:
         names = topics if topics else self.list_topics()
+        if self.clustered:
+            if self.snapshot is None:
+                raise PikafkaError(
+                    ErrorCode.BROKER_NOT_AVAILABLE, "this broker has no metadata from the zookeeper yet; retry"
+                )
+            return self.snapshot.filtered(topics)
         described = []
         for name in names:
             topic = self._topic(name)
@@ -282,6 +352,20 @@ class Broker:
         return self.config.bind
 
     def _partition_placement(self, partition: Partition) -> dict[str, Any]:
+        if self.clustered:
+            assignment = None
+            if self.snapshot is not None and partition.key.topic in self.snapshot.topics:
+                parts = self.snapshot.topics[partition.key.topic].partitions
+                if partition.key.partition < len(parts):
+                    assignment = parts[partition.key.partition]
+            return {
+                "partition": partition.key.partition,
+                "leader": assignment.leader if assignment else None,
+                "leader_epoch": assignment.leader_epoch if assignment else partition.leader_epoch,
+                "replicas": list(assignment.replicas) if assignment else list(partition.replicas),
+                "isr": list(assignment.isr) if assignment else [],
+                "role": partition.role.value,
+            }
         me = self.config.broker_id
         return {
             "partition": partition.key.partition,
@@ -310,6 +394,8 @@ class Broker:
 
     async def produce(self, request: ProduceRequest) -> list[ProduceResult]:
         plan = self._plan_produce(request)
+        if self.clustered:
+            return await self._produce_clustered(request, plan)
         # From here to the last append there is no await: the checks above still hold when we write.
         results: list[ProduceResult] = []
         must_be_durable: dict[Partition, int] = {}
@@ -332,11 +418,60 @@ class Broker:
             await self._wait_durable(must_be_durable, request.timeout_ms)
         return results
 
+    async def _produce_clustered(self, request: ProduceRequest, plan: list[_PlannedBatch]) -> list[ProduceResult]:
+        """Leader-only produce. acks=1: answered after this leader's fsync. acks=all: refused before appending when
+        the ISR is smaller than min_insync_replicas, else answered once the high watermark passes the records (so
+        every in-sync replica has them durably), or with an error; never a silent success."""
+        if request.acks == ACKS_ALL:
+            for planned in plan:
+                _require_enough_replicas(planned.partition)
+        results: list[ProduceResult] = []
+        waits: dict[Partition, tuple[int, int]] = {}  # partition -> (last offset, epoch it was appended at)
+        for planned in plan:
+            partition = planned.partition
+            first = last = -1
+            wrote = False
+            for header, batch in planned.batches:
+                outcome = partition.append(batch, header)
+                wrote = wrote or not outcome.duplicate
+                if first < 0:
+                    first = outcome.base_offset
+                last = max(last, outcome.last_offset)
+            if wrote:
+                self._group_commit.appended(partition)
+            previous = waits.get(partition, (-1, partition.leader_epoch))[0]
+            waits[partition] = (max(previous, last), partition.leader_epoch)
+            results.append(ProduceResult(partition.key.topic, partition.key.partition, first, last))
+        if request.acks == ACKS_NONE:
+            return results
+        try:
+            async with asyncio.timeout(request.timeout_ms / 1000):
+                for partition, (offset, epoch) in waits.items():
+                    if request.acks == ACKS_ALL:
+                        await partition.wait_committed(offset, epoch)
+                    elif partition.log.config.flush_interval_ms == 0:
+                        await partition.wait_flushed(offset)
+        except TimeoutError:
+            if request.acks == ACKS_ALL:
+                for partition in waits:
+                    _require_enough_replicas(partition, after_append=True)
+            raise PikafkaError(
+                ErrorCode.REQUEST_TIMED_OUT,
+                f"records were written but not {'replicated' if request.acks == ACKS_ALL else 'fsynced'} "
+                f"within {request.timeout_ms} ms",
+            ) from None
+        if request.acks == ACKS_ALL:
+            for partition in waits:
+                # Kafka's rule: replicated to an ISR that shrank below the minimum meanwhile is not good enough.
+                _require_enough_replicas(partition, after_append=True)
+        return results
+
     def _plan_produce(self, request: ProduceRequest) -> list[_PlannedBatch]:
         plan: list[_PlannedBatch] = []
         per_partition: dict[Partition, list[BatchHeader]] = {}
         for i, entry in enumerate(request.batches):
             partition = self._partition(entry.topic, entry.partition)
+            partition.require_leader()
             batches = _split_batches(entry.records, i)
             limit = partition.log.config.max_message_bytes
             for header, _ in batches:
@@ -365,10 +500,12 @@ class Broker:
     # -- fetch -------------------------------------------------------------------------------------------------
 
     async def fetch(self, request: FetchRequest) -> list[FetchedPartition]:
+        """A consumer's fetch: records below the high watermark, from the partition's leader only."""
         deadline = time.monotonic() + request.wait_ms / 1000
         while True:
             partitions = [self._partition(pos.topic, pos.partition) for pos in request.partitions]
             for pos, partition in zip(request.partitions, partitions, strict=True):
+                partition.require_leader(pos.leader_epoch)
                 _check_offset(partition, pos.offset)
             results = self._read(request, partitions)
             remaining = deadline - time.monotonic()
@@ -406,14 +543,23 @@ class Broker:
             )
         # Same key, same partition: one sensor's readings stay in order.
         partition = topic.partitions[zlib.crc32(key) % len(topic.partitions)]
+        partition.require_leader()
         headers = [(CONTENT_FORMAT_HEADER, str(content_format).encode())] if content_format is not None else []
         batch = encode_batch([Record(value=value, key=key, headers=headers)])
         header = parse_header(batch)
         if header.size > limit:
             raise PikafkaError(ErrorCode.RECORD_TOO_LARGE, f"the reading's batch exceeds max_message_bytes {limit}")
+        epoch = partition.leader_epoch
         outcome = partition.append(batch, header)
         self._group_commit.appended(partition)
-        if partition.log.config.flush_interval_ms == 0:
+        if self.clustered:
+            # A reading is answered like acks=all: once every in-sync replica holds it.
+            try:
+                async with asyncio.timeout(10):
+                    await partition.wait_committed(outcome.last_offset, epoch)
+            except TimeoutError:
+                raise PikafkaError(ErrorCode.REQUEST_TIMED_OUT, "the reading was not replicated within 10 s") from None
+        elif partition.log.config.flush_interval_ms == 0:
             await self._wait_durable({partition: outcome.last_offset}, 10_000)
         return Reading(partition.key.partition, outcome.base_offset, header.first_timestamp, value, content_format)
 
@@ -481,6 +627,17 @@ def _split_batches(records: bytes, index: int) -> list[tuple[BatchHeader, bytes]
     if not out:
         raise PikafkaError(ErrorCode.CORRUPT_MESSAGE, f"batches[{index}]: records is empty")
     return out
+
+
+def _require_enough_replicas(partition: Partition, *, after_append: bool = False) -> None:
+    isr = partition.isr.isr if partition.isr is not None and partition.role is Role.LEADER else ()
+    needed = partition.min_insync_replicas
+    if len(isr) < needed:
+        when = "after the append" if after_append else "so nothing was appended"
+        raise PikafkaError(
+            ErrorCode.NOT_ENOUGH_REPLICAS,
+            f"{partition.key} has {len(isr)} in-sync replica(s) {list(isr)}, min_insync_replicas is {needed} ({when})",
+        )
 
 
 def _check_offset(partition: Partition, offset: int) -> None:

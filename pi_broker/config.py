@@ -8,6 +8,11 @@ advertised_host = "pi-3.local"
 max_request_bytes = 4194304
 retention_check_interval_ms = 300000
 log_level = "INFO"
+zookeeper = "coap://pi-1.local:5680"   # omit for a standalone broker
+rack = "shelf-2"
+replica_lag_time_max_ms = 3000         # an in-sync follower not caught up for this long leaves the ISR
+replica_fetch_wait_ms = 500            # long-poll wait of a follower's fetch
+replica_fetch_max_bytes = 1048576      # per follower fetch, across partitions
 
 [topic_defaults]          # settings for topics created without them (pikafka.topic_config.TopicConfig)
 retention_ms = 604800000
@@ -21,12 +26,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pikafka.errors import PikafkaError
 from pikafka.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PORT
 from pikafka.topic_config import TopicConfig
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_coap_address(address: str) -> tuple[str, int]:
+    """`coap://HOST:PORT` (scheme optional, coap+tcp accepted) -> (host, port)."""
+    text = address if "://" in address else f"coap://{address}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{address!r} is not coap://HOST:PORT") from None
+    if parts.scheme not in ("coap", "coap+tcp") or not parts.hostname:
+        raise ValueError(f"{address!r} is not coap://HOST:PORT")
+    return parts.hostname, port or DEFAULT_PORT
 
 
 class ConfigError(Exception):
@@ -44,7 +63,11 @@ class BrokerConfig:
     retention_check_interval_ms: int = 300_000
     topic_defaults: TopicConfig = field(default_factory=TopicConfig)
     log_level: str = "INFO"
-    zookeeper: str | None = None  # accepted for the cluster to come; a standalone broker ignores it
+    zookeeper: str | None = None  # "coap://HOST:PORT" of the zookeeper; None: a standalone broker
+    rack: str | None = None
+    replica_lag_time_max_ms: int = 3000
+    replica_fetch_wait_ms: int = 500
+    replica_fetch_max_bytes: int = 1024 * 1024
 
     def check(self) -> None:
         if not 0 <= self.broker_id <= 2**31 - 1:
@@ -59,6 +82,20 @@ class BrokerConfig:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
         if not self.bind:
             raise ConfigError("bind must not be empty")
+        if self.zookeeper is not None:
+            try:
+                parse_coap_address(self.zookeeper)
+            except ValueError as exc:
+                raise ConfigError(f"zookeeper: {exc}") from None
+        if not 100 <= self.replica_lag_time_max_ms <= 600_000:
+            raise ConfigError("replica_lag_time_max_ms must be between 100 and 600000")
+        if not 0 <= self.replica_fetch_wait_ms <= 30_000:
+            raise ConfigError("replica_fetch_wait_ms must be between 0 and 30000")
+        if self.replica_fetch_wait_ms >= self.replica_lag_time_max_ms:
+            # A caught-up follower waits that long in a long poll; it must not look lagging meanwhile.
+            raise ConfigError("replica_fetch_wait_ms must be smaller than replica_lag_time_max_ms")
+        if not 1024 <= self.replica_fetch_max_bytes <= 16 * 1024 * 1024:
+            raise ConfigError("replica_fetch_max_bytes must be between 1 KiB and 16 MiB")
 
 
 # TOML key -> the Python type it must have (bool is excluded from int on purpose).
@@ -72,6 +109,10 @@ _FILE_KEYS: dict[str, type] = {
     "retention_check_interval_ms": int,
     "log_level": str,
     "zookeeper": str,
+    "rack": str,
+    "replica_lag_time_max_ms": int,
+    "replica_fetch_wait_ms": int,
+    "replica_fetch_max_bytes": int,
 }
 
 
@@ -107,7 +148,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, help="directory holding topics.json and the partition logs")
     parser.add_argument("--advertised-host", help="host name clients are told to use")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    parser.add_argument("--zookeeper", help="coordinator address (accepted; a standalone broker ignores it)")
+    parser.add_argument("--zookeeper", help="zookeeper address coap://HOST:PORT; without it the broker is standalone")
+    parser.add_argument("--rack", help="rack (or shelf, or room) of this broker, told to the zookeeper")
+    parser.add_argument("--replica-lag-time-max-ms", type=int, help="ISR lag limit (default 3000)")
+    parser.add_argument("--replica-fetch-wait-ms", type=int, help="follower long-poll wait (default 500)")
+    parser.add_argument("--replica-fetch-max-bytes", type=int, help="bytes per follower fetch (default 1 MiB)")
     return parser
 
 
@@ -125,7 +170,18 @@ def load_config(argv: Sequence[str] | None = None) -> BrokerConfig:
             raise ConfigError(f"{args.config}: {exc}") from None
         config = config_from_mapping(document, str(args.config))
     overrides: dict[str, Any] = {}
-    for name in ("broker_id", "bind", "port", "data_dir", "advertised_host", "zookeeper"):
+    for name in (
+        "broker_id",
+        "bind",
+        "port",
+        "data_dir",
+        "advertised_host",
+        "zookeeper",
+        "rack",
+        "replica_lag_time_max_ms",
+        "replica_fetch_wait_ms",
+        "replica_fetch_max_bytes",
+    ):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value

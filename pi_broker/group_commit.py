@@ -42,10 +42,11 @@ class GroupCommit:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
 
-    def appended(self, partition: Partition) -> None:
-        """Note a write to `partition`; its high watermark will advance once it is fsynced."""
+    def appended(self, partition: Partition, *, urgent: bool = False) -> None:
+        """Note a write to `partition`; its high watermark will advance once it is fsynced. `urgent`: fsync in the
+        next round whatever the topic's flush_interval_ms (a follower must be durable before it fetches again)."""
         interval_ms = partition.log.config.flush_interval_ms
-        if interval_ms <= 0:
+        if urgent or interval_ms <= 0:
             self._urgent.add(partition)
         elif partition not in self._lazy:
             self._lazy[partition] = time.monotonic() + interval_ms / 1000
@@ -133,7 +134,7 @@ class GroupCommit:
                 )
                 continue
             partition.log.complete_flush(ticket)
-            partition.advance_high_watermark(partition.log.flushed_offset)
+            partition.flushed()
 
 
 def _fsync_all(jobs: list[tuple[PartitionLog, FlushTicket]]) -> list[OSError | None]:

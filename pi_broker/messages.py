@@ -115,6 +115,7 @@ class FetchPosition:
     topic: str
     partition: int
     offset: int
+    leader_epoch: int | None = None  # the epoch the sender believes the leader is at; checked when given
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class FetchRequest:
     max_bytes: int
     max_records: int | None
     wait_ms: int
+    replica_id: int | None = None  # set by a follower broker fetching to replicate
 
     @classmethod
     def parse(cls, body: object) -> FetchRequest:
@@ -134,11 +136,13 @@ class FetchRequest:
         for i, raw in enumerate(raw_positions):
             where = f"partitions[{i}]: "
             entry = require_map(raw, f"partitions[{i}]")
+            epoch = entry.get("leader_epoch")
             positions.append(
                 FetchPosition(
                     get_text(entry, "topic", where=where),
                     get_int(entry, "partition", where=where),
                     get_int(entry, "offset", where=where),
+                    None if epoch is None else get_int(entry, "leader_epoch", where=where),
                 )
             )
         max_bytes = get_int(fields, "max_bytes", DEFAULT_FETCH_MAX_BYTES)
@@ -152,5 +156,31 @@ class FetchRequest:
         wait_ms = get_int(fields, "wait_ms", 0)
         if wait_ms < 0:
             raise _bad("wait_ms must not be negative")
+        replica_id: int | None = None
+        if fields.get("replica_id") is not None:
+            replica_id = get_int(fields, "replica_id")
+            if replica_id < 0:
+                raise _bad("replica_id must not be negative")
         # Longer waits are shortened rather than refused: a client asking for more simply polls again.
-        return cls(positions, max_bytes, max_records, min(wait_ms, MAX_WAIT_MS))
+        return cls(positions, max_bytes, max_records, min(wait_ms, MAX_WAIT_MS), replica_id)
+
+
+@dataclass(frozen=True)
+class EpochEndRequest:
+    """POST /replica/epoch-end: where does `epoch` end in the leader's log (a follower about to truncate)."""
+
+    topic: str
+    partition: int
+    epoch: int
+    leader_epoch: int | None
+
+    @classmethod
+    def parse(cls, body: object) -> EpochEndRequest:
+        fields = require_map(body)
+        leader_epoch = fields.get("leader_epoch")
+        return cls(
+            get_text(fields, "topic"),
+            get_int(fields, "partition"),
+            get_int(fields, "epoch"),
+            None if leader_epoch is None else get_int(fields, "leader_epoch"),
+        )

@@ -1,6 +1,9 @@
 """`pi-broker`: one broker process. Recover every log, bind one CoAP context (UDP and TCP on one port), serve until
 SIGTERM, then stop accepting, flush every log and exit 0.
 
+With a zookeeper configured the same context also carries this broker's own requests (registration, heartbeats,
+follower fetches, ISR changes): one context per process, one port.
+
 Exit codes: 0 after a graceful stop, 1 when the broker cannot start (unreadable data dir, port taken), 2 for a bad
 configuration.
 """
@@ -17,7 +20,13 @@ import aiocoap
 from aiocoap.transports import rfc8323common
 
 from pi_broker.broker import Broker
+from pi_broker.cluster_link import ClusterLink
 from pi_broker.config import BrokerConfig, ConfigError, load_config
+from pi_broker.follower_fetcher import FetchSettings, FollowerFetchers
+from pi_broker.isr_updater import IsrUpdater
+from pi_broker.peer_client import PeerClient
+from pi_broker.replica_fetch import ReplicaFetchServer
+from pi_broker.replica_roles import ReplicaRoles
 from pi_broker.resources import build_site
 from pi_broker.topic_registry import RegistryError
 from pikafka.lifecycle import run_service
@@ -37,23 +46,58 @@ class BrokerService:
         self.config = config
         self.broker = Broker(config)
         self.context: aiocoap.Context | None = None
+        self.replica_server = ReplicaFetchServer(self.broker)
+        self.peer = PeerClient()
+        self.fetchers: FollowerFetchers | None = None
+        self.link: ClusterLink | None = None
+        self.isr_updater: IsrUpdater | None = None
+
+    def _build_cluster_parts(self) -> None:
+        config = self.config
+        assert config.zookeeper is not None
+        settings = FetchSettings(config.broker_id, config.replica_fetch_wait_ms, config.replica_fetch_max_bytes)
+        self.fetchers = FollowerFetchers(self.peer, self.broker.group_commit, settings, self._refresh_metadata)
+        roles = ReplicaRoles(self.broker, self.fetchers)
+        self.link = ClusterLink(self.broker, roles, self.peer, config.zookeeper)
+        self.broker.topic_admin = self.link
+        self.isr_updater = IsrUpdater(self.link, config.replica_lag_time_max_ms)
+        self.replica_server.listener = self.isr_updater
+
+    def _refresh_metadata(self) -> None:
+        if self.link is not None:
+            self.link.refresh_metadata_soon()
 
     async def start(self) -> str:
         self.broker.open()
         self.broker.start()
+        if self.config.zookeeper is not None:
+            self._build_cluster_parts()
         # aiocoap reads the largest acceptable CoAP-over-TCP message from this class attribute (1 MiB by default);
         # one process serves one broker, so setting it here sizes every connection for max_request_bytes.
         rfc8323common.RFC8323Remote._my_max_message_size = self.config.max_request_bytes + _TCP_FRAME_SLACK
         _check_port_free(self.config.bind, self.config.port)
-        site = build_site(self.broker)
+        site = build_site(self.broker, self.replica_server, self.link)
         self.context = await aiocoap.Context.create_server_context(site, bind=(self.config.bind, self.config.port))
+        self.peer.context = self.context
+        mode = "standalone"
+        if self.link is not None and self.isr_updater is not None:
+            self.link.start()
+            self.isr_updater.start(self.broker.partitions)
+            mode = f"zookeeper {self.config.zookeeper}"
         return (
             f"broker {self.config.broker_id} serving coap://{_host_literal(self.config.bind)}:{self.config.port} "
-            f"(udp+tcp), data dir {self.config.data_dir}, {self.broker.topic_count} topic(s)"
+            f"(udp+tcp), data dir {self.config.data_dir}, {self.broker.topic_count} topic(s), {mode}"
         )
 
     async def stop(self) -> None:
         serving = self.context is not None
+        # Replication first: nothing may append to a log while it is being closed.
+        if self.link is not None:
+            await self.link.stop()
+        if self.isr_updater is not None:
+            await self.isr_updater.stop()
+        if self.fetchers is not None:
+            await self.fetchers.stop()
         if self.context is not None:
             # Stop accepting first; a peer that keeps a TCP connection open must not hold up the shutdown.
             try:

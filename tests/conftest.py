@@ -16,6 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The cluster fixtures (a zookeeper and N brokers as real processes) for the replication and fault tests.
+pytest_plugins = ["tests.cluster_fixtures"]
+
 
 def free_port() -> int:
     """A port free on loopback for both UDP and TCP (the broker binds both)."""
@@ -41,6 +44,8 @@ class BrokerProcess:
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    broker_id: int = 1
+    zookeeper: str | None = None  # coap://HOST:PORT: a clustered broker (tests/cluster_fixtures.py)
 
     def __post_init__(self) -> None:
         """Hook for fixtures that track every broker they make (see broker_factory)."""
@@ -55,13 +60,14 @@ class BrokerProcess:
             "-m",
             "pi_broker.service",
             "--id",
-            "1",
+            str(self.broker_id),
             "--bind",
             "127.0.0.1",
             "--port",
             str(self.port),
             "--data-dir",
             str(self.data_dir),
+            *(["--zookeeper", self.zookeeper] if self.zookeeper else []),
             *self.extra_args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime

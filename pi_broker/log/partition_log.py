@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pi_broker.log.batch_walk import BatchSpan, SegmentCorruption, span_at
 from pi_broker.log.flush_ticket import FlushTicket, SyncHealth
+from pi_broker.log.leader_epoch_cache import LeaderEpochCache
 from pi_broker.log.recovery import CLEAN_SHUTDOWN_MARKER, recover_segments
 from pi_broker.log.retention import expired_segment_count
 from pi_broker.log.segment import MAX_RELATIVE_OFFSET, LogSegment
@@ -59,6 +60,7 @@ class PartitionLog:
         # Rolled-away segments whose data is not yet fsynced; they keep their fd until a flush covers them.
         self._rolled_unsynced: list[LogSegment] = []
         self._sync_health = SyncHealth()
+        self._epochs: LeaderEpochCache | None = None  # loaded on first use: a rebuild reads every batch header
         self._closed = False
 
     @classmethod
@@ -95,6 +97,19 @@ class PartitionLog:
     def segment_count(self) -> int:
         return len(self._segments)
 
+    @property
+    def epochs(self) -> LeaderEpochCache:
+        """The leader-epoch cache of this log (see leader_epoch_cache.py)."""
+        if self._epochs is None:
+            self._check_open()
+            self._epochs = LeaderEpochCache.load(
+                self.directory,
+                self.log_start_offset,
+                self.log_end_offset,
+                self._headers_of(list(self._segments), producers_only=False),
+            )
+        return self._epochs
+
     def _check_open(self) -> None:
         if self._closed:
             raise PikafkaError(ErrorCode.STORAGE_ERROR, f"partition log {self.directory.name} is closed")
@@ -115,6 +130,8 @@ class PartitionLog:
             unstamped.max_timestamp,
             unstamped.record_count,
         )
+        # The epoch's start is recorded before its first batch is written (see leader_epoch_cache.py).
+        self.epochs.assign(leader_epoch, base_offset)
         return self._write(stamp(batch, base_offset, leader_epoch), span)
 
     def append_replica(self, batch: bytes) -> AppendResult:
@@ -123,7 +140,9 @@ class PartitionLog:
         header = check_batch(batch)  # cheap next to the network hop it came over, and keeps garbage off the disk
         if header.base_offset != self.log_end_offset:
             raise ValueError(f"batch base offset {header.base_offset} is not the log end offset {self.log_end_offset}")
-        return self._write(bytes(batch), _span_of(batch))
+        span = _span_of(batch)
+        self.epochs.assign(header.leader_epoch, header.base_offset)
+        return self._write(bytes(batch), span)
 
     def _write(self, batch: bytes, span: BatchSpan) -> AppendResult:
         active = self._segments[-1]
@@ -365,7 +384,32 @@ class PartitionLog:
             raise PikafkaError(ErrorCode.STORAGE_ERROR, f"cannot truncate {self.directory} to {offset}: {exc}") from exc
         self._size_bytes = sum(s.size for s in self._segments)
         self.flushed_offset = min(self.flushed_offset, offset)
+        self.epochs.truncate_from_end(offset)
         log.info("%s: truncated to offset %d", self.directory, offset)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Drop every segment and continue as an empty log whose next offset is `offset` (a follower whose log ends
+        before the leader's log start, or one that must discard everything); durable on return."""
+        self._check_open()
+        if offset < 0:
+            raise ValueError(f"cannot restart the log at negative offset {offset}")
+        try:
+            # The cache goes first: a crash after this leaves a log with an empty cache, which load() rebuilds.
+            self.epochs.clear()
+            self._readers.clear()
+            self._rolled_unsynced.clear()
+            for removed in reversed(self._segments):  # newest first: a crash midway leaves a prefix
+                removed.remove_files()
+            self._segments = [LogSegment.create(self.directory, offset)]
+            self._generation += 1
+            self._directory_changes += 1
+            _fsync_directory(self.directory)
+            self._directory_synced = self._directory_changes
+        except OSError as exc:
+            raise PikafkaError(ErrorCode.STORAGE_ERROR, f"cannot restart {self.directory} at {offset}: {exc}") from exc
+        self._size_bytes = 0
+        self.flushed_offset = offset
+        log.info("%s: emptied; the log now starts at offset %d", self.directory, offset)
 
     def apply_retention(self, now_ms: int) -> int:
         """Delete the oldest segments that retention_ms or retention_bytes no longer keeps; returns how many."""
@@ -383,6 +427,8 @@ class PartitionLog:
         if count:
             del self._segments[:count]
             self.flushed_offset = max(self.flushed_offset, self.log_start_offset)
+            if self._epochs is not None:
+                self._epochs.truncate_from_start(self.log_start_offset)
             log.info(
                 "%s: retention deleted %d segment(s); log starts at %d", self.directory, count, self.log_start_offset
             )

@@ -34,6 +34,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pi_broker.log.leader_epoch_cache import CHECKPOINT_FILE
 from pi_broker.log.segment import INDEX_SUFFIX, LOG_SUFFIX, LogSegment, segment_path
 
 log = logging.getLogger("pi_broker.log")
@@ -122,7 +123,11 @@ def _segment_bases(directory: Path) -> tuple[list[int], bool]:
     index_bases: set[int] = set()
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name == CLEAN_SHUTDOWN_MARKER:
+            if entry.name == CLEAN_SHUTDOWN_MARKER or entry.name == CHECKPOINT_FILE:
+                continue
+            if entry.name.startswith(f".{CHECKPOINT_FILE}."):
+                # A temporary file of an atomic replace a crash interrupted: ours, and never read.
+                os.unlink(entry.path)
                 continue
             stem, _, suffix = entry.name.partition(".")
             suffix = "." + suffix

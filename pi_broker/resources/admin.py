@@ -1,4 +1,7 @@
-"""/topics (GET list, POST create) and /topics/{name} (GET describe, DELETE). CBOR or JSON both ways."""
+"""/topics (GET list, POST create) and /topics/{name} (GET describe, DELETE). CBOR or JSON both ways.
+
+On a clustered broker creation and deletion are forwarded to the zookeeper (the broker's `topic_admin`), which owns
+the list of topics; every replica then creates or deletes its local data from the snapshot that follows."""
 
 from __future__ import annotations
 
@@ -17,7 +20,12 @@ class TopicsResource(BrokerResource):
         return encode_body(request, {"topics": self.broker.list_topics()}, allow_json=True)
 
     async def handle_post(self, request: Any) -> Any:
-        create = CreateTopicRequest.parse(decode_body(request, allow_json=True))
+        body = decode_body(request, allow_json=True)
+        create = CreateTopicRequest.parse(body)
+        if self.broker.topic_admin is not None:
+            assert isinstance(body, dict)  # parse() checked
+            answer = await self.broker.topic_admin.create_topic(body)
+            return encode_body(request, answer, allow_json=True, code=Code.CREATED)
         spec = self.broker.create_topic(create)
         return encode_body(
             request, {"name": spec.name, "partitions": spec.partitions}, allow_json=True, code=Code.CREATED
@@ -38,6 +46,9 @@ class TopicResource(BrokerResource, resource.PathCapable):  # type: ignore[misc]
         return encode_body(request, self.broker.describe_topic(self._name(request)), allow_json=True)
 
     async def handle_delete(self, request: Any) -> Any:
+        if self.broker.topic_admin is not None:
+            await self.broker.topic_admin.delete_topic(self._name(request))
+            return Message(code=Code.DELETED)
         await self.broker.delete_topic(self._name(request))
         return Message(code=Code.DELETED)
 
