@@ -295,7 +295,8 @@ class Partition:
         """Return once `offset` is below the high watermark; raises STORAGE_ERROR if its fsync failed."""
         while self._high_watermark <= offset:
             self._check_waitable()
-            await self.changed()
+            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
+            await asyncio.shield(self.changed())
             if self._flush_error is not None and self._high_watermark <= offset:
                 raise self._flush_error
 
@@ -303,7 +304,8 @@ class Partition:
         """Return once `offset` is fsynced on this replica (acks=1 in a cluster)."""
         while self.log.flushed_offset <= offset:
             self._check_waitable()
-            await self.changed()
+            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
+            await asyncio.shield(self.changed())
             if self._flush_error is not None and self.log.flushed_offset <= offset:
                 raise self._flush_error
 
@@ -311,7 +313,8 @@ class Partition:
         """Return once everything below `end` (or below the log end, should a truncation cut it) is fsynced."""
         while self.log.flushed_offset < min(end, self.log.log_end_offset):
             self._check_waitable()
-            await self.changed()
+            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
+            await asyncio.shield(self.changed())
             if self._flush_error is not None:
                 raise self._flush_error
 
@@ -328,7 +331,8 @@ class Partition:
                 )
             if self._high_watermark > offset:
                 return
-            await self.changed()
+            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
+            await asyncio.shield(self.changed())
             if self._flush_error is not None and self._high_watermark <= offset:
                 raise self._flush_error
 

@@ -57,10 +57,10 @@ def check(acks: list[Ack], consumed: list[Consumed], order_key: dict[bytes, tupl
         if len(places) > 1:
             verdict.duplicated.append(value)
     for ack in acks:
-        places = offsets_by_value.get(ack.value)
-        if not places:
+        read_at = offsets_by_value.get(ack.value)
+        if not read_at:
             verdict.lost.append(ack.value)
-        elif ack.offset >= 0 and (ack.partition, ack.offset) not in places:
+        elif ack.offset >= 0 and (ack.partition, ack.offset) not in read_at:
             # An offset, once acknowledged, names the same record forever.
             verdict.moved.append(ack.value)
     if order_key:
