@@ -10,7 +10,7 @@ from typing import Any
 from aiocoap.numbers.codes import Code
 
 from clients.records import TopicPartition
-from clients.transport import BrokerAddress, BrokerUnreachableError, CoapTransport
+from clients.transport import BrokerAddress, CoapTransport
 from pikafka.errors import ErrorCode, PikafkaError
 
 # Errors after which the cached leaders may be wrong: ask again before retrying.
@@ -33,6 +33,10 @@ class PartitionInfo:
     leader_epoch: int
     replicas: tuple[int, ...]
     isr: tuple[int, ...]
+
+
+# How long to wait for more metadata answers once the first arrived.
+_NEWER_ANSWER_GRACE_S = 0.2
 
 
 class ClusterMetadata:
@@ -80,21 +84,53 @@ class ClusterMetadata:
         await asyncio.shield(task)
 
     async def _refresh(self) -> None:
-        # Known brokers first (the bootstrap list may name only one that is down), then the bootstrap list.
+        # Ask every known broker and the bootstrap list at once and keep the newest answer (highest
+        # metadata_version): a leader cut off from the zookeeper still answers, with its stale view naming itself,
+        # and asking only the first reachable broker would pin the client on it until the network heals.
         candidates = list(dict.fromkeys([*self.brokers.values(), *self._bootstrap]))
-        last_error: PikafkaError | None = None
-        for addr in candidates:
-            try:
-                response = await self._transport.request(addr, Code.GET, "/metadata", timeout_s=self._timeout_s)
-                self._apply(response.cbor(), addr)
-                self.refresh_count += 1
-                return
-            except BrokerUnreachableError as exc:
-                last_error = exc
-            except (ValueError, TypeError, KeyError) as exc:
-                last_error = PikafkaError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{addr}: malformed metadata: {exc}")
-        assert last_error is not None
-        raise last_error
+        asks: dict[asyncio.Future[tuple[int, Any]], BrokerAddress] = {
+            asyncio.ensure_future(self._ask(addr)): addr for addr in candidates
+        }
+        answers: list[tuple[int, BrokerAddress, Any]] = []
+        errors: list[PikafkaError] = []
+        pending: set[asyncio.Future[tuple[int, Any]]] = set(asks)
+        try:
+            deadline: float | None = None
+            while pending:
+                timeout = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+                done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    break  # the grace period after the first answer is over
+                for fut in done:
+                    try:
+                        version, body = fut.result()
+                    except PikafkaError as exc:
+                        errors.append(exc)
+                        continue
+                    answers.append((version, asks[fut], body))
+                    if deadline is None:
+                        # Others answering within a moment are compared; a dead broker is not waited for.
+                        deadline = asyncio.get_running_loop().time() + _NEWER_ANSWER_GRACE_S
+        finally:
+            for fut in pending:
+                fut.cancel()
+        if not answers:
+            raise errors[0] if errors else PikafkaError(ErrorCode.BROKER_NOT_AVAILABLE, "no broker to ask")
+        _, source, body = max(answers, key=lambda answer: answer[0])
+        try:
+            self._apply(body, source)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PikafkaError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{source}: malformed metadata: {exc}") from exc
+        self.refresh_count += 1
+
+    async def _ask(self, addr: BrokerAddress) -> tuple[int, Any]:
+        response = await self._transport.request(addr, Code.GET, "/metadata", timeout_s=self._timeout_s)
+        try:
+            body = response.cbor()
+            version = body.get("metadata_version")
+            return (int(version) if isinstance(version, int) else -1), body
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise PikafkaError(ErrorCode.UNKNOWN_SERVER_ERROR, f"{addr}: malformed metadata: {exc}") from exc
 
     def _apply(self, body: Any, source: BrokerAddress) -> None:
         brokers: dict[int, BrokerAddress] = {}

@@ -30,6 +30,10 @@ _BATCH_ENTRY_OVERHEAD = 64
 _REQUEST_OVERHEAD = 64
 
 
+# Extra time the client gives the broker to deliver its own timeout answer.
+_ANSWER_MARGIN_S = 2.0
+
+
 class Producer:
     """Send records to pikafka topics.
 
@@ -316,8 +320,10 @@ class Producer:
                 for batch in batches:
                     self._accumulator.succeeded(batch, -1)
                 return
+            # The broker answers REQUEST_TIMED_OUT after timeout_ms; wait a little longer than that so its answer
+            # (which says "written, not replicated") arrives instead of our own timeout racing it.
             response = await self._transport.request(
-                leader, Code.POST, "/produce", body=body, timeout_s=self._request_timeout_s
+                leader, Code.POST, "/produce", body=body, timeout_s=self._request_timeout_s + _ANSWER_MARGIN_S
             )
             results = response.cbor()["results"]
             if len(results) != len(batches):
