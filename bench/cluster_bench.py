@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import signal
 import socket
 import statistics
@@ -121,6 +122,9 @@ async def one_failover(root: Path) -> float:
             for _ in range(20):  # warm: connections open, ISR complete
                 await p.send_and_wait("f", VALUE, partition=0)
             leader = await cluster.leader_of("f")
+            # A real crash lands anywhere in the 0.5 s heartbeat cycle; without this the kill would fall at the same
+            # phase every run (start-up and warm-up take a steady time) and bias every run the same way.
+            await asyncio.sleep(random.uniform(0, 0.5))
             cluster.brokers[leader].send_signal(signal.SIGKILL)
             killed_at = time.perf_counter()
             await p.send_and_wait("f", VALUE, partition=0)
