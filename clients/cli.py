@@ -4,6 +4,9 @@
     pikafka topic list | describe NAME | delete NAME          [--format table|json]
     some-sensor | pikafka produce readings --key pi-7
     pikafka consume readings --from-beginning --max 10 --format json --save readings.jsonl
+    pikafka consume readings --group dashboards           (a consumer group member; commits what it printed)
+    pikafka consume readings --follow                     (records pushed by CoAP Observe instead of polled)
+    pikafka group list | describe G | reset G --to earliest|latest|OFFSET [--topic T]
 
 Every command takes --bootstrap coap://HOST:PORT (default: $PIKAFKA_BOOTSTRAP, else coap://127.0.0.1:5683).
 Failures print one line, `pikafka: error: ...`, and exit 1 (service or network) or 2 (usage).
@@ -27,10 +30,12 @@ from typing import IO, Any, NoReturn
 from clients.admin import Admin
 from clients.cluster_view import fetch_cluster_view, format_cluster_json, format_cluster_table
 from clients.consumer import Consumer
+from clients.group_member import CommitFailedError
 from clients.producer import Producer
+from clients.push_subscription import PushSubscriber
 from clients.records import ConsumerRecord, RecordMetadata, TopicPartition
 from clients.transport import parse_bootstrap
-from pikafka.errors import PikafkaError
+from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import DEFAULT_PORT
 
 PROG = "pikafka"
@@ -82,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _ArgumentParser(prog=PROG, description="pikafka command line: topics, produce, consume")
     _add_common_options(parser, defaults=True)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{topic,produce,consume,cluster}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{topic,produce,consume,group,cluster}")
 
     topic = commands.add_parser("topic", help="create, list, describe or delete topics")
     topic_commands = topic.add_subparsers(dest="topic_command", required=True, metavar="{create,list,describe,delete}")
@@ -91,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--partitions", type=_positive_int, default=1)
     create.add_argument("--replication-factor", type=_positive_int, default=1)
     create.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="topic setting (repeatable)")
-    topic_commands.add_parser("list", parents=[common, formatted], help="list topic names")
+    listing = topic_commands.add_parser("list", parents=[common, formatted], help="list topic names")
+    listing.add_argument("--internal", action="store_true", help="include internal topics (__consumer_offsets)")
     describe = topic_commands.add_parser("describe", parents=[common, formatted], help="partitions and settings")
     describe.add_argument("name")
     delete = topic_commands.add_parser("delete", parents=[common], help="delete a topic and its data")
@@ -117,11 +123,38 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout", type=_positive_float, metavar="S", help="stop after S seconds without a record")
     consume.add_argument("--format", choices=("raw", "json"), default="raw", help="raw: values only; json: all fields")
     consume.add_argument("--save", metavar="FILE", help="also append one JSON line per record to FILE")
+    consume.add_argument("--group", metavar="G", help="consume as a member of consumer group G (commits as it prints)")
+    consume.add_argument(
+        "--follow", action="store_true", help="have new records pushed (CoAP Observe) instead of polling"
+    )
+
+    group = commands.add_parser("group", help="list, describe or reset consumer groups")
+    group_commands = group.add_subparsers(dest="group_command", required=True, metavar="{list,describe,reset}")
+    group_commands.add_parser("list", parents=[common, formatted], help="groups and their states")
+    group_describe = group_commands.add_parser(
+        "describe", parents=[common, formatted], help="members, assignment, committed offsets and lag"
+    )
+    group_describe.add_argument("group")
+    group_reset = group_commands.add_parser(
+        "reset", parents=[common, formatted], help="move committed offsets (only while the group has no members)"
+    )
+    group_reset.add_argument("group")
+    group_reset.add_argument("--to", required=True, metavar="earliest|latest|OFFSET", type=_reset_target)
+    group_reset.add_argument("--topic", action="append", default=[], help="topic to reset (default: those committed)")
 
     commands.add_parser(
         "cluster", parents=[common, formatted], help="brokers and partitions: leaders, epochs, ISR, high watermarks"
     )
     return parser
+
+
+def _reset_target(text: str) -> str | int:
+    if text in ("earliest", "latest"):
+        return text
+    try:
+        return _non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected earliest, latest or an offset, got {text!r}") from None
 
 
 def _positive_int(text: str) -> int:
@@ -182,7 +215,7 @@ async def run_topic(args: argparse.Namespace) -> int:
                     "partitions)"
                 )
         elif args.topic_command == "list":
-            names = await admin.list_topics()
+            names = await admin.list_topics(internal=args.internal)
             if args.format == "json":
                 _print_json({"topics": names})
             else:
@@ -339,11 +372,17 @@ def _put_bytes(out: dict[str, Any], name: str, data: bytes | None) -> None:
 async def run_consume(args: argparse.Namespace) -> int:
     if args.offset is not None and args.partition is None:
         raise UsageError("--offset needs --partition")
+    if args.group is not None and (args.partition is not None or args.follow):
+        raise UsageError("--group chooses the partitions itself; it cannot go with --partition or --follow")
+    if args.follow:
+        return await run_follow(args)
     consumer = Consumer(
         args.topic,
         bootstrap=args.bootstrap,
         auto_offset_reset="earliest" if args.from_beginning else "latest",
         request_timeout_ms=int(args.request_timeout * 1000),
+        group_id=args.group,
+        enable_auto_commit=False,  # committed below once the records are printed: at least once
     )
     save: IO[str] | None = open(args.save, "a", encoding="utf-8") if args.save else None  # noqa: SIM115
     out = sys.stdout.buffer
@@ -378,6 +417,9 @@ async def run_consume(args: argparse.Namespace) -> int:
                 out.flush()
                 if save is not None:
                     save.flush()
+                if args.group is not None:
+                    with contextlib.suppress(CommitFailedError):  # rebalanced: the next owner prints them again
+                        await consumer.commit()
                 seen += len(records)
                 if args.timeout:
                     idle_deadline = loop.time() + args.timeout
@@ -387,6 +429,119 @@ async def run_consume(args: argparse.Namespace) -> int:
     if args.verbose:
         print(f"{PROG}: consumed {seen} records from {args.topic}", file=sys.stderr)
     return 0
+
+
+def _write_record(args: argparse.Namespace, out: IO[bytes], save: IO[str] | None, record: ConsumerRecord) -> None:
+    if args.format == "json":
+        out.write(json.dumps(record_as_json(record)).encode() + b"\n")
+    else:
+        out.write((record.value or b"") + b"\n")
+    if save is not None:
+        save.write(json.dumps(record_as_json(record)) + "\n")
+
+
+async def run_follow(args: argparse.Namespace) -> int:
+    """consume --follow: one CoAP observation per partition pushes the records (clients/push_subscription.py)."""
+    start: str | dict[int, int] = "earliest" if args.from_beginning else "latest"
+    if args.offset is not None:
+        start = {args.partition: args.offset}
+    subscriber = PushSubscriber(
+        args.topic,
+        bootstrap=args.bootstrap,
+        partitions=None if args.partition is None else [args.partition],
+        start=start,
+        request_timeout_ms=int(args.request_timeout * 1000),
+    )
+    save: IO[str] | None = open(args.save, "a", encoding="utf-8") if args.save else None  # noqa: SIM115
+    out = sys.stdout.buffer
+    seen = 0
+    try:
+        async with subscriber:
+            while args.max is None or seen < args.max:
+                record = await subscriber.get(args.timeout if args.timeout else 3600.0)
+                if record is None:
+                    if args.timeout:
+                        break
+                    continue
+                _write_record(args, out, save, record)
+                seen += 1
+                out.flush()
+                if save is not None:
+                    save.flush()
+    finally:
+        if save is not None:
+            save.close()
+    if args.verbose:
+        print(f"{PROG}: followed {seen} records from {args.topic}", file=sys.stderr)
+    return 0
+
+
+# -- groups --------------------------------------------------------------------------------------------------
+
+
+async def run_group(args: argparse.Namespace) -> int:
+    async with Admin(args.bootstrap, request_timeout_ms=int(args.request_timeout * 1000)) as admin:
+        if args.group_command == "list":
+            groups = await admin.list_groups()
+            if args.format == "json":
+                _print_json({"groups": groups})
+            else:
+                for g in groups:
+                    print(f"{g['group']}  {g['state']}  {g['members']} member(s)")
+        elif args.group_command == "describe":
+            described = await admin.describe_group(args.group)
+            if args.format == "json":
+                _print_json(described)
+            else:
+                print(format_group(described))
+        else:
+            try:
+                targets = await admin.reset_group(args.group, args.to, args.topic)
+            except PikafkaError as exc:
+                if exc.code is ErrorCode.NON_EMPTY_GROUP:
+                    raise PikafkaError(
+                        exc.code, f"{exc.reason} (a group can only be reset while none of its consumers runs)"
+                    ) from None
+                raise
+            if args.format == "json":
+                _print_json({"group": args.group, "offsets": [[t, p, o] for (t, p), o in sorted(targets.items())]})
+            else:
+                for (topic, partition), offset in sorted(targets.items()):
+                    print(f"{args.group} {topic}-{partition} -> {offset}")
+    return 0
+
+
+def format_group(described: dict[str, Any]) -> str:
+    owner: dict[tuple[str, int], str] = {}
+    for member in described.get("members", []):
+        for a in member.get("assignment", []):
+            owner[(str(a["topic"]), int(a["partition"]))] = str(member["member_id"])
+    lines = [
+        f"group {described.get('group')}  state {described.get('state')}  generation {described.get('generation')}  "
+        f"strategy {described.get('strategy') or '-'}  coordinator {described.get('coordinator')}  "
+        f"members {len(described.get('members', []))}"
+    ]
+    rows = [["TOPIC", "PARTITION", "MEMBER", "COMMITTED", "LOG_END", "LAG"]]
+    committed = {(str(o["topic"]), int(o["partition"])): o for o in described.get("offsets", [])}
+    for key in sorted(set(owner) | set(committed)):
+        entry = committed.get(key, {})
+
+        def cell(value: Any) -> str:
+            return "-" if value is None else str(value)
+
+        rows.append(
+            [
+                key[0],
+                str(key[1]),
+                owner.get(key, "-"),
+                cell(entry.get("offset")),
+                cell(entry.get("log_end_offset")),
+                cell(entry.get("lag")),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return "\n".join(lines)
 
 
 # -- entry point ---------------------------------------------------------------------------------------------
@@ -399,6 +554,8 @@ async def run(args: argparse.Namespace) -> int:
         return await run_produce(args)
     if args.command == "cluster":
         return await run_cluster(args)
+    if args.command == "group":
+        return await run_group(args)
     return await run_consume(args)
 
 

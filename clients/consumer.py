@@ -12,6 +12,7 @@ from typing import Any
 
 from aiocoap.numbers.codes import Code
 
+from clients.group_member import GroupMember, GroupSettings
 from clients.metadata import STALE_METADATA_ERRORS, ClusterMetadata
 from clients.records import ConsumerRecord, TopicPartition
 from clients.transport import BrokerAddress, CoapTransport, parse_bootstrap, request_first_reachable
@@ -30,7 +31,14 @@ class Consumer:
 
     Without ``assign()`` the consumer reads every partition of the topics it was given. A partition without a
     position starts per ``auto_offset_reset``: "earliest" (the log start), "latest" (only records produced from now
-    on) or "none" (raise OFFSET_OUT_OF_RANGE). Consumer groups (``group_id``) are not supported yet.
+    on) or "none" (raise OFFSET_OUT_OF_RANGE).
+
+    With ``group_id`` the consumer joins that consumer group: the group's coordinator assigns it a share of the
+    topics' partitions (``partition_assignment_strategy`` "range" or "roundrobin"), which changes whenever members
+    come and go (``assignment()`` tells the current one). A partition starts at the group's committed offset, else
+    per ``auto_offset_reset``. ``await commit()`` after processing what getmany() returned gives at-least-once
+    delivery; ``enable_auto_commit`` commits the positions every ``auto_commit_interval_ms`` and before every
+    rebalance and stop, as aiokafka does. See docs/groups.md.
     """
 
     def __init__(
@@ -44,11 +52,22 @@ class Consumer:
         request_timeout_ms: int = 10_000,
         retry_backoff_ms: int = 100,
         group_id: str | None = None,
+        enable_auto_commit: bool = True,
+        auto_commit_interval_ms: int = 5000,
+        session_timeout_ms: int = 3000,
+        heartbeat_interval_ms: int = 500,
+        rebalance_timeout_ms: int = 10_000,
+        partition_assignment_strategy: str = "range",
+        client_id: str = "",
     ) -> None:
-        if group_id is not None:
-            raise ValueError(
-                "consumer groups arrive in a later release; leave group_id unset and choose partitions with assign()"
-            )
+        if group_id is not None and not group_id:
+            raise ValueError("group_id must not be empty")
+        if not 100 <= session_timeout_ms <= 300_000:
+            raise ValueError("session_timeout_ms must be within 100..300000")
+        if not 0 < heartbeat_interval_ms < session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be above 0 and below session_timeout_ms")
+        if auto_commit_interval_ms < 1:
+            raise ValueError("auto_commit_interval_ms must be at least 1")
         if auto_offset_reset not in OFFSET_RESET_POLICIES:
             raise ValueError(f"auto_offset_reset must be one of {', '.join(OFFSET_RESET_POLICIES)}")
         if not 0 <= fetch_max_wait_ms <= MAX_WAIT_MS:
@@ -76,6 +95,28 @@ class Consumer:
         self._started = False
         self._closed = False
         self._rotation = 0
+        self._group: GroupMember | None = None
+        if group_id is not None:
+            settings = GroupSettings(
+                group_id,
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                rebalance_timeout_ms=rebalance_timeout_ms,
+                strategy=partition_assignment_strategy,
+                client_id=client_id,
+            )
+            self._group = GroupMember(
+                self._transport,
+                self._bootstrap,
+                self._topics,
+                settings,
+                timeout_s=self._timeout_s,
+                backoff_s=self._backoff_s,
+                on_rejoin_needed=self._data_ready.set,
+            )
+        self._auto_commit_s = auto_commit_interval_ms / 1000 if enable_auto_commit and group_id else None
+        self._auto_commit_task: asyncio.Task[None] | None = None
+        self._last_committed: dict[TopicPartition, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
@@ -88,10 +129,18 @@ class Consumer:
         await self._transport.open()
         try:
             await self._metadata.refresh()
-            if not self._explicit_assignment:
+            if self._group is not None:
+                for topic in self._topics:
+                    self._partitions_of(topic)  # UNKNOWN_TOPIC_OR_PARTITION before joining
+                self._set_group_assignment(await self._group.join())
+                if self._auto_commit_s is not None:
+                    self._auto_commit_task = asyncio.get_running_loop().create_task(self._auto_commit_loop())
+            elif not self._explicit_assignment:
                 tps = [tp for topic in self._topics for tp in self._partitions_of(topic)]
                 self._set_assignment(tps)
         except BaseException:
+            if self._group is not None:
+                await self._group.leave()
             await self._transport.close()
             raise
         self._started = True
@@ -100,11 +149,14 @@ class Consumer:
         if self._closed:
             return
         self._closed = True
-        for task in self._fetches.values():
-            task.cancel()
-        if self._fetches:
-            await asyncio.gather(*self._fetches.values(), return_exceptions=True)
-        self._fetches.clear()
+        await self._stop_fetches()
+        if self._auto_commit_task is not None:
+            self._auto_commit_task.cancel()
+            await asyncio.gather(self._auto_commit_task, return_exceptions=True)
+        if self._group is not None and self._started:
+            if self._auto_commit_s is not None:
+                await self._commit_positions_quietly()
+            await self._group.leave()
         if self._started:
             await self._transport.close()
 
@@ -117,6 +169,80 @@ class Consumer:
     ) -> None:
         await self.stop()
 
+    async def _stop_fetches(self) -> None:
+        for task in self._fetches.values():
+            task.cancel()
+        if self._fetches:
+            await asyncio.gather(*self._fetches.values(), return_exceptions=True)
+        self._fetches.clear()
+
+    # -- the group ----------------------------------------------------------------------------------------------
+
+    def _set_group_assignment(self, tps: list[TopicPartition]) -> None:
+        """A new generation's partitions: every position comes from the group's committed offsets again (another
+        member may have moved it meanwhile)."""
+        self._set_assignment(tps)
+        for tp in tps:
+            self._positions[tp] = None
+            self._buffers[tp].clear()
+        self._last_committed = {}
+
+    async def _rebalance_if_needed(self) -> None:
+        """Eager rebalancing: stop fetching, commit (with auto commit), give up every partition, rejoin."""
+        group = self._group
+        if group is None or not group.rejoin_needed.is_set():
+            return
+        await self._stop_fetches()
+        if self._auto_commit_s is not None:
+            await self._commit_positions_quietly()
+        self._set_assignment([])
+        self._set_group_assignment(await group.join())
+
+    @property
+    def generation(self) -> int | None:
+        """The group generation of the current assignment (None without a group)."""
+        return None if self._group is None else self._group.generation
+
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit the positions of every assigned partition (the offset of the next record to hand out), or the
+        given offsets (the next record to read, i.e. last processed + 1). Raises CommitFailedError when the group
+        rebalanced meanwhile (the partitions may be another member's now)."""
+        self._check_running()
+        if self._group is None:
+            raise ValueError("commit() needs a group_id")
+        if offsets is None:
+            offsets = {tp: pos for tp, pos in self._positions.items() if pos is not None}
+        for tp in offsets:
+            self._check_assigned(tp)
+        await self._group.commit(offsets)
+        self._last_committed.update(offsets)
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset for tp (None when it has none)."""
+        if self._group is None:
+            raise ValueError("committed() needs a group_id")
+        return (await self._group.committed([tp]))[tp]
+
+    async def _commit_positions_quietly(self) -> None:
+        changed = {
+            tp: pos for tp, pos in self._positions.items() if pos is not None and self._last_committed.get(tp) != pos
+        }
+        if not changed or self._group is None:
+            return
+        try:
+            await self._group.commit(changed)
+            self._last_committed.update(changed)
+        except PikafkaError as exc:
+            log.info("auto commit failed: %s", exc)
+
+    async def _auto_commit_loop(self) -> None:
+        assert self._auto_commit_s is not None
+        while True:
+            await asyncio.sleep(self._auto_commit_s)
+            group = self._group
+            if group is not None and not group.rejoin_needed.is_set():
+                await self._commit_positions_quietly()
+
     def _partitions_of(self, topic: str) -> list[TopicPartition]:
         self._metadata.require_topic(topic)
         return self._metadata.partitions(topic)
@@ -125,6 +251,8 @@ class Consumer:
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read exactly these partitions (replacing the topics' partitions given at construction)."""
+        if self._group is not None:
+            raise ValueError("a group member's partitions come from its group; assign() needs no group_id")
         tps = [TopicPartition(tp[0], tp[1]) for tp in partitions]
         self._explicit_assignment = True
         self._set_assignment(tps)
@@ -220,6 +348,7 @@ class Consumer:
         limit = max_records if max_records is not None else self._max_records
         only = set(partitions) if partitions else None
         while True:
+            await self._rebalance_if_needed()
             taken = self._take(limit, only)
             if taken:
                 return taken
@@ -234,6 +363,7 @@ class Consumer:
         """The next record of any assigned partition; waits as long as it takes."""
         self._check_running()
         while True:
+            await self._rebalance_if_needed()
             taken = self._take(1, None)
             for records in taken.values():
                 return records[0]
@@ -310,6 +440,12 @@ class Consumer:
         """Partitions that cannot be fetched yet: without a position (reset it) or without a known leader."""
         try:
             unpositioned = [tp for tp in tps if self._positions.get(tp, 0) is None]
+            if unpositioned and self._group is not None:
+                for tp, offset in (await self._group.committed(unpositioned)).items():
+                    if offset is not None and tp in self._positions and self._positions[tp] is None:
+                        self._positions[tp] = offset
+                        self._last_committed[tp] = offset
+                unpositioned = [tp for tp in unpositioned if self._positions.get(tp, 0) is None]
             if unpositioned:
                 await self._reset(unpositioned, self._reset_policy)
             if any(self._metadata.leader(tp) is None for tp in tps if tp in self._positions):

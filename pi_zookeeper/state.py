@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pikafka.errors import ErrorCode, PikafkaError
-from pikafka.protocol import MAX_PARTITIONS, check_topic_name
+from pikafka.protocol import INTERNAL_TOPICS, MAX_PARTITIONS, check_topic_name
 from pikafka.topic_config import TopicConfig
 
 STATE_FORMAT = 1  # version of the to_json() document; bump on incompatible changes
@@ -340,7 +340,8 @@ class ClusterState:
     ) -> Topic:
         """Create a topic with replicas spread over the live brokers; leader = first replica, ISR = all."""
         self.expire(now)
-        topic_name = check_topic_name(name)
+        # The brokers create the internal topics (docs/groups.md); any other "__" name is refused.
+        topic_name = check_topic_name(name, internal=name in INTERNAL_TOPICS)
         if topic_name in self.topics:
             raise PikafkaError(ErrorCode.TOPIC_ALREADY_EXISTS, f"topic {topic_name!r} already exists")
         if not 1 <= partitions <= MAX_PARTITIONS:

@@ -50,6 +50,15 @@ class ErrorCode(Enum):
     NOT_ENOUGH_REPLICAS = ErrorSpec(_c(5, 3), True, "fewer in-sync replicas than min_insync_replicas")
     BROKER_NOT_AVAILABLE = ErrorSpec(_c(5, 3), True, "the broker is starting or stopping")
     REQUEST_TIMED_OUT = ErrorSpec(_c(5, 4), True, "the request did not complete within its timeout")
+    # Consumer groups (docs/groups.md): the retriable ones tell a member to find the coordinator again or rejoin.
+    INVALID_GROUP_ID = ErrorSpec(_c(4, 0), False, "the group id is not allowed")
+    GROUP_ID_NOT_FOUND = ErrorSpec(_c(4, 4), False, "the group has no members and no committed offsets")
+    NOT_COORDINATOR = ErrorSpec(_c(4, 12), True, "this broker does not coordinate the group; find the coordinator")
+    COORDINATOR_NOT_AVAILABLE = ErrorSpec(_c(5, 3), True, "the group's coordinator is not elected or loaded yet")
+    UNKNOWN_MEMBER_ID = ErrorSpec(_c(4, 9), True, "the coordinator does not know this member; join again")
+    ILLEGAL_GENERATION = ErrorSpec(_c(4, 9), True, "the member's generation is not the group's; join again")
+    REBALANCE_IN_PROGRESS = ErrorSpec(_c(4, 9), True, "the group is rebalancing; join again")
+    NON_EMPTY_GROUP = ErrorSpec(_c(4, 9), False, "the group has live members")
 
     @property
     def coap_code(self) -> int:

@@ -27,6 +27,14 @@ FETCH = ("fetch",)  # FETCH (RFC 8132) or POST
 METADATA = ("metadata",)  # GET
 PUBSUB_DATA = ("ps", "data")  # /ps/data/{topic}: PUT/POST one reading, GET latest, GET+Observe
 PUBSUB_ROOT = ("ps",)  # GET: link-format list of topic-data resources
+GROUPS = ("groups",)  # GET list; /groups/{g}: GET describe; /groups/{g}/{operation}: see docs/groups.md
+RECORDS = "records"  # /topics/{t}/{p}/records?offset=N: GET (+Observe) a partition's records (push subscription)
+
+# Internal topics: names starting with "__" are created by the brokers only (clients get INVALID_TOPIC).
+INTERNAL_PREFIX = "__"
+OFFSETS_TOPIC = "__consumer_offsets"  # committed offsets of consumer groups, see docs/groups.md
+OFFSETS_TOPIC_PARTITIONS = 10
+INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC})
 
 # acks levels
 ACKS_NONE = 0
@@ -44,8 +52,9 @@ MAX_WAIT_MS = 30_000
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def check_topic_name(name: object) -> str:
-    """Return the name if it may be a topic, else raise INVALID_TOPIC naming the rule it breaks."""
+def check_topic_name(name: object, *, internal: bool = False) -> str:
+    """Return the name if it may be a topic, else raise INVALID_TOPIC naming the rule it breaks; names starting
+    with "__" only when `internal` (the brokers' own topics)."""
     if not isinstance(name, str):
         raise PikafkaError(ErrorCode.INVALID_TOPIC, "topic name must be a text string")
     if not name:
@@ -59,4 +68,6 @@ def check_topic_name(name: object) -> str:
             ErrorCode.INVALID_TOPIC,
             f"topic name {name[:40]!r} may hold only ASCII letters, digits, '.', '_' and '-'",
         )
+    if name.startswith(INTERNAL_PREFIX) and not internal:
+        raise PikafkaError(ErrorCode.INVALID_TOPIC, f"topic names starting with {INTERNAL_PREFIX!r} are internal")
     return name

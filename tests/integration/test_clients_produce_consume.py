@@ -239,9 +239,14 @@ async def test_unknown_topic_errors(broker):
     assert err.value.code is ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
 
 
-async def test_group_id_is_rejected_clearly():
-    with pytest.raises(ValueError, match="consumer groups"):
-        Consumer("t", group_id="g")
+async def test_group_settings_are_checked_clearly():
+    # Consumer groups exist now (docs/groups.md); only bad settings are refused up front.
+    with pytest.raises(ValueError, match="group_id"):
+        Consumer("t", group_id="")
+    with pytest.raises(ValueError, match="heartbeat_interval_ms"):
+        Consumer("t", group_id="g", session_timeout_ms=1000, heartbeat_interval_ms=1000)
+    with pytest.raises(ValueError, match="group"):
+        Consumer("t", group_id="g").assign([("t", 0)])
 
 
 async def test_admin_lifecycle(broker):
