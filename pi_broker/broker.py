@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pi_broker.cluster_metadata import MetadataSnapshot
-from pi_broker.config import BrokerConfig, ConfigError
+from pi_broker.config import BrokerConfig
 from pi_broker.group_commit import GroupCommit
 from pi_broker.log.partition_log import PartitionLog
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
 from pi_broker.partition import Partition, Role, TopicPartition
 from pi_broker.topic_registry import TopicRegistry, TopicSpec
 from pikafka.atomic_file import read_json, write_json_atomic
+from pikafka.config_file import ConfigError
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import ACKS_ALL, ACKS_NONE, MAX_PARTITIONS, check_topic_name
 from pikafka.records import (

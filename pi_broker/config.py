@@ -21,13 +21,13 @@ retention_ms = 604800000
 from __future__ import annotations
 
 import argparse
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pikafka.config_file import ConfigError, flag_overrides, read_toml
 from pikafka.errors import PikafkaError
 from pikafka.protocol import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PORT
 from pikafka.topic_config import TopicConfig
@@ -46,10 +46,6 @@ def parse_coap_address(address: str) -> tuple[str, int]:
     if parts.scheme not in ("coap", "coap+tcp") or not parts.hostname:
         raise ValueError(f"{address!r} is not coap://HOST:PORT")
     return parts.hostname, port or DEFAULT_PORT
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
@@ -161,30 +157,22 @@ def load_config(argv: Sequence[str] | None = None) -> BrokerConfig:
     args = argument_parser().parse_args(argv)
     config = BrokerConfig()
     if args.config is not None:
-        try:
-            with open(args.config, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{args.config}: {exc}") from None
-        config = config_from_mapping(document, str(args.config))
-    overrides: dict[str, Any] = {}
-    for name in (
-        "broker_id",
-        "bind",
-        "port",
-        "data_dir",
-        "advertised_host",
-        "zookeeper",
-        "rack",
-        "replica_lag_time_max_ms",
-        "replica_fetch_wait_ms",
-        "replica_fetch_max_bytes",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            overrides[name] = value
+        config = config_from_mapping(read_toml(args.config), str(args.config))
+    overrides = flag_overrides(
+        args,
+        (
+            "broker_id",
+            "bind",
+            "port",
+            "data_dir",
+            "advertised_host",
+            "zookeeper",
+            "rack",
+            "replica_lag_time_max_ms",
+            "replica_fetch_wait_ms",
+            "replica_fetch_max_bytes",
+        ),
+    )
     if args.log_level is not None:
         overrides["log_level"] = args.log_level.upper()
     config = replace(config, **overrides)

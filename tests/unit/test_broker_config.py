@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pi_broker.config import ConfigError, load_config
+from pi_broker.config import load_config
+from pikafka.config_file import ConfigError
 from tests.conftest import REPO
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pi_zookeeper.service import DEFAULT_PORT, ConfigError, load_config, main
+from pi_zookeeper.service import DEFAULT_PORT, load_config, main
+from pikafka.config_file import ConfigError
 
 
 def test_defaults() -> None:
