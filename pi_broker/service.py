@@ -21,14 +21,17 @@ from aiocoap.transports import rfc8323common
 
 from pi_broker.broker import Broker
 from pi_broker.cluster_link import ClusterLink
-from pi_broker.config import BrokerConfig, ConfigError, load_config
+from pi_broker.config import BrokerConfig, load_config
 from pi_broker.follower_fetcher import FetchSettings, FollowerFetchers
 from pi_broker.isr_updater import IsrUpdater
 from pi_broker.peer_client import PeerClient
 from pi_broker.replica_fetch import ReplicaFetchServer
 from pi_broker.replica_roles import ReplicaRoles
 from pi_broker.resources import build_site
+from pi_broker.status_line import broker_status
 from pi_broker.topic_registry import RegistryError
+from pikafka.config_file import ConfigError
+from pikafka.journal_logging import setup_logging
 from pikafka.lifecycle import run_service
 from pikafka.malloc_tuning import tune_malloc
 
@@ -89,6 +92,11 @@ class BrokerService:
             f"(udp+tcp), data dir {self.config.data_dir}, {self.broker.topic_count} topic(s), {mode}"
         )
 
+    def status_line(self) -> str:
+        """STATUS= for `systemctl status`, refreshed by run_service (pi_broker/status_line.py)."""
+        clustered = self.config.zookeeper is not None
+        return broker_status(self.config.broker_id, self.broker.partitions(), clustered=clustered)
+
     async def stop(self) -> None:
         serving = self.context is not None
         # Replication first: nothing may append to a log while it is being closed.
@@ -133,9 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pi-broker: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    # stderr as before; the journal with BROKER_ID/TOPIC/PARTITION fields under systemd (pikafka/journal_logging.py)
+    setup_logging(config.log_level, "pi-broker", {"BROKER_ID": config.broker_id})
     # aiocoap logs every unanswered retransmission at INFO; keep the broker's log about the broker.
     logging.getLogger("coap-server").setLevel(max(logging.WARNING, logging.getLevelName(config.log_level)))
     try:

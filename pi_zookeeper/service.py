@@ -17,7 +17,6 @@ import contextlib
 import logging
 import sys
 import time
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -29,7 +28,10 @@ from pi_zookeeper.coordinator import Coordinator
 from pi_zookeeper.metadata_push import MetadataPusher
 from pi_zookeeper.resources import build_site
 from pi_zookeeper.state import ClusterState
+from pi_zookeeper.status_line import zookeeper_status
 from pi_zookeeper.store import StateFileError, StateStore
+from pikafka.config_file import ConfigError, flag_overrides, read_toml
+from pikafka.journal_logging import setup_logging
 from pikafka.lifecycle import run_service
 
 log = logging.getLogger("pi_zookeeper")
@@ -39,10 +41,6 @@ log = logging.getLogger("pi_zookeeper")
 DEFAULT_PORT = 5680
 TICK_S = 0.1
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
@@ -89,18 +87,8 @@ def load_config(argv: Sequence[str] | None = None) -> ZookeeperConfig:
     args = argument_parser().parse_args(argv)
     config = ZookeeperConfig()
     if args.config is not None:
-        try:
-            with open(args.config, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{args.config}: {exc}") from None
-        config = _from_mapping(document, str(args.config))
-    overrides: dict[str, Any] = {}
-    for name in ("bind", "port", "data_dir", "heartbeat_interval_ms", "session_timeout_ms"):
-        if getattr(args, name) is not None:
-            overrides[name] = getattr(args, name)
+        config = _from_mapping(read_toml(args.config), str(args.config))
+    overrides = flag_overrides(args, ("bind", "port", "data_dir", "heartbeat_interval_ms", "session_timeout_ms"))
     if args.log_level is not None:
         overrides["log_level"] = args.log_level.upper()
     config = replace(config, **overrides)
@@ -171,6 +159,10 @@ class ZookeeperService:
                 # A failed save is retried next tick; nothing here may end the expiry loop.
                 log.exception("expiry tick failed")
 
+    def status_line(self) -> str:
+        """STATUS= for `systemctl status`, refreshed by run_service (pi_zookeeper/status_line.py)."""
+        return "starting" if self.coordinator is None else zookeeper_status(self.coordinator.state)
+
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
@@ -195,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pi-zookeeper: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level, "pi-zookeeper")  # stderr; the journal under systemd
     # aiocoap logs every unanswered push retransmission at INFO; ours are summarised by metadata_push.
     logging.getLogger("coap").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("coap-server").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -13,9 +13,12 @@ import logging
 import os
 import signal
 import socket
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
+
+# How often a service's STATUS= line is recomputed (it is sent only when it changed).
+STATUS_INTERVAL_S = 2.0
 
 
 class SystemdNotifier:
@@ -78,31 +81,64 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-async def run_service(service: Service, notifier: SystemdNotifier | None = None) -> int:
-    """Start `service`, serve until SIGTERM or SIGINT, stop it; returns the process exit code."""
+@runtime_checkable
+class ReportsStatus(Protocol):
+    """A service that can say in one line how it is doing (shown by `systemctl status` as "Status: ...")."""
+
+    def status_line(self) -> str: ...
+
+
+async def run_service(
+    service: Service, notifier: SystemdNotifier | None = None, *, status_interval_s: float = STATUS_INTERVAL_S
+) -> int:
+    """Start `service`, serve until SIGTERM or SIGINT, stop it; returns the process exit code.
+
+    READY=1 is sent only once `service.start()` has returned (logs recovered, sockets bound). While serving, a
+    service that implements `status_line()` has its STATUS= refreshed every `status_interval_s` when the line
+    changed, and WATCHDOG=1 is sent every half watchdog period when systemd asked for one; both run on the event
+    loop. STOPPING=1 goes out before `service.stop()`.
+    """
     notifier = notifier or SystemdNotifier()
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
-    watchdog_task: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         status = await service.start()
         log.info("%s", status)
         notifier.ready(status)
         interval = watchdog_interval_s()
         if interval is not None and notifier.enabled:
-            watchdog_task = asyncio.create_task(_feed_watchdog(notifier, interval), name="watchdog")
+            tasks.append(asyncio.create_task(_feed_watchdog(notifier, interval), name="watchdog"))
+        if isinstance(service, ReportsStatus) and notifier.enabled:
+            tasks.append(asyncio.create_task(_report_status(notifier, service, status_interval_s), name="status"))
         await stop_requested.wait()
         log.info("stop requested, shutting down")
-        notifier.stopping()
+        notifier.notify("STOPPING=1", "STATUS=stopping: flushing and closing")
     finally:
-        if watchdog_task is not None:
-            watchdog_task.cancel()
+        for task in tasks:
+            task.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await service.stop()
     return 0
+
+
+async def _report_status(notifier: SystemdNotifier, service: ReportsStatus, interval_s: float) -> None:
+    last = ""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            line = service.status_line()
+        except Exception:
+            # A status line is a courtesy; a bug computing it must not stop the service or the heartbeat.
+            log.exception("computing the status line failed")
+            continue
+        if line != last:
+            notifier.status(line)
+            log.debug("status: %s", line)
+            last = line
 
 
 async def _feed_watchdog(notifier: SystemdNotifier, interval_s: float) -> None:

@@ -1,0 +1,1 @@
+"""The pikafka lab: real systemd hosts in containers on one machine, deployed to with the real Ansible playbook."""
