@@ -15,7 +15,7 @@ from aiocoap.numbers.codes import Code
 from clients.group_member import GroupMember, GroupSettings
 from clients.metadata import STALE_METADATA_ERRORS, ClusterMetadata
 from clients.records import ConsumerRecord, TopicPartition
-from clients.transport import BrokerAddress, CoapTransport, parse_bootstrap, request_first_reachable
+from clients.transport import BrokerAddress, CoapTransport, parse_bootstrap
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import DEFAULT_FETCH_MAX_BYTES, DEFAULT_PORT, MAX_WAIT_MS
 from pikafka.records import CorruptBatchError, decode_records, iter_batches
@@ -308,16 +308,31 @@ class Consumer:
         return {tp: end for tp, (_, end) in (await self._log_bounds(partitions)).items()}
 
     async def _log_bounds(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
-        """(log start, high watermark) per partition, from the topics' descriptions."""
+        """(log start, high watermark) per partition, as each partition's leader knows them.
+
+        Asked of the leaders, not of the bootstrap: the bootstrap may be the zookeeper, which has no logs, or a
+        follower, whose high watermark trails the leader's."""
         wanted = list(partitions)
+        leaders: dict[BrokerAddress, set[str]] = {}
+        for tp in wanted:
+            leader = self._metadata.leader(tp)
+            if leader is None:
+                await self._metadata.refresh()
+                leader = self._metadata.leader(tp)
+            if leader is None:
+                raise PikafkaError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"{tp} has no leader right now")
+            leaders.setdefault(leader, set()).add(tp.topic)
         bounds: dict[TopicPartition, tuple[int, int]] = {}
-        for topic in dict.fromkeys(tp.topic for tp in wanted):
-            response = await request_first_reachable(
-                self._transport, self._bootstrap, Code.GET, f"/topics/{topic}", timeout_s=self._timeout_s
-            )
-            for p in response.cbor()["partitions"]:
-                end = p.get("high_watermark", p.get("log_end_offset"))
-                bounds[TopicPartition(topic, int(p["partition"]))] = (int(p["log_start_offset"]), int(end))
+        for leader, topics in leaders.items():
+            for topic in sorted(topics):
+                response = await self._transport.request(
+                    leader, Code.GET, f"/topics/{topic}", timeout_s=self._timeout_s, accept_cbor=True
+                )
+                for p in response.cbor()["partitions"]:
+                    tp = TopicPartition(topic, int(p["partition"]))
+                    if self._metadata.leader(tp) == leader and "log_start_offset" in p:
+                        end = p.get("high_watermark", p.get("log_end_offset"))
+                        bounds[tp] = (int(p["log_start_offset"]), int(end))
         missing = [tp for tp in wanted if tp not in bounds]
         if missing:
             raise PikafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"no such partition: {missing[0]}")

@@ -330,7 +330,7 @@ class Lab:
 
     # ------------------------------------------------------------------------------------------------ driver
 
-    def run(self, keep_going: bool) -> bool:
+    def run(self, keep_going: bool, hold: Path | None = None) -> bool:
         steps: list[tuple[str, Callable[[], str]]] = [
             ("boot containers", self.boot),
             ("first deploy", self.first_deploy),
@@ -346,6 +346,12 @@ class Lab:
                 if not self.step(name, action) and (not keep_going or name in ("boot containers", "first deploy")):
                     break
         finally:
+            if hold is not None:
+                # For a person debugging: the lab stays up (nsenter into the containers) until the file is removed.
+                hold.touch()
+                say(f"== holding the lab until {hold} is removed")
+                while hold.exists():
+                    time.sleep(1)
             say("== teardown")
             started = time.monotonic()
             left = self.cleanup.run()
@@ -387,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="boot a lab of systemd hosts, deploy pikafka, check it end to end")
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--keep-going", action="store_true", help="run later checks after a failed one")
+    parser.add_argument("--hold", type=Path, metavar="FILE", help="before teardown, wait until FILE is removed")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: needs root (namespaces, mounts, containers)", file=sys.stderr)
@@ -399,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM (a CI timeout, Ctrl-C's cousin) unwinds through the teardown like any failure.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    return 0 if Lab(args.hosts).run(args.keep_going) else 1
+    return 0 if Lab(args.hosts).run(args.keep_going, args.hold) else 1
 
 
 if __name__ == "__main__":

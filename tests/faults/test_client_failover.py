@@ -54,3 +54,21 @@ async def test_producer_and_consumer_ride_through_a_leader_kill(cluster_factory)
     verdict = check(acks, consumed, order)
     assert verdict.ok, verdict.summary()
     assert len(acks) == RECORDS
+
+
+async def test_clients_bootstrap_from_the_zookeeper(cluster_factory):
+    """`--bootstrap` may name the zookeeper: metadata comes from it, log bounds and records from the leaders."""
+    cluster: Cluster = await cluster_factory(3)
+    await cluster.client.create_topic("via-zk", partitions=3)
+    zk = cluster.zookeeper.url
+    async with Producer(zk, acks="all") as producer:
+        for i in range(30):
+            await producer.send("via-zk", b"z-%02d" % i, partition=i % 3)
+    got = []
+    async with Consumer("via-zk", bootstrap=zk, auto_offset_reset="earliest") as consumer:
+        while len(got) < 30:
+            batch = await consumer.getmany(timeout_ms=5000)
+            records = [r for rs in batch.values() for r in rs]
+            assert records, f"consumer stalled at {len(got)}\n{cluster.logs()}"
+            got.extend(records)
+    assert sorted(r.value for r in got) == [b"z-%02d" % i for i in range(30)]
