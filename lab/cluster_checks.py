@@ -139,7 +139,7 @@ class BackgroundProducer:
     def finish(self, timeout: float = 120) -> tuple[int, str]:
         self._stop.set()
         self._thread.join(timeout=10)
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
+        # communicate() closes stdin itself (end of input: the CLI flushes and exits); closing it first makes
+        # communicate() flush a closed file.
         _, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, err
