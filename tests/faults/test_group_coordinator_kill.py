@@ -5,12 +5,14 @@ member rejoins there and carries on without losing a record."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from aiocoap import Code
 
 from clients.admin import Admin
 from clients.consumer import Consumer
+from clients.group_member import CommitFailedError
 from clients.producer import Producer
 from tests.cluster_fixtures import Cluster
 
@@ -56,10 +58,16 @@ async def test_kill_coordinator_new_one_has_the_commits(cluster_factory):
                 await producer.send("events", f"b-{i}".encode(), key=str(i).encode())
             await producer.flush()
         deadline = asyncio.get_running_loop().time() + 60
-        while len(seen) < 120 and asyncio.get_running_loop().time() < deadline:
+        while len(set(seen)) < 120 and asyncio.get_running_loop().time() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 seen.extend(r.value or b"" for r in records)
-                await consumer.commit()
-        assert sorted(seen) == sorted([f"a-{i}".encode() for i in range(90)] + [f"b-{i}".encode() for i in range(30)])
+                # The new coordinator does not know this member yet: its first commit may be refused
+                # (UNKNOWN_MEMBER_ID), as in Kafka; the next getmany() rejoins and reads on from the commits.
+                with contextlib.suppress(CommitFailedError):
+                    await consumer.commit()
+        expected = [f"a-{i}".encode() for i in range(90)] + [f"b-{i}".encode() for i in range(30)]
+        assert sorted(set(seen)) == sorted(expected)
+        # At-least-once: a record may come twice only when its commit was refused around the coordinator move.
+        assert all(value.startswith(b"b-") for value in seen if seen.count(value) > 1)
     finally:
         await consumer.stop()
