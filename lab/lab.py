@@ -1,7 +1,9 @@
 """`make lab`: boot N Debian hosts with real systemd, deploy pikafka to them with the real playbook over ssh, and
-check it end to end (failover after SIGKILL and after a power cut, idempotence, a rolling restart under load).
+check it end to end (failover after SIGKILL and after a power cut, idempotence, a rolling restart under load), and
+the MQTT side: lab1 also runs mosquitto and pi-mqtt-bridge, lab2 pi-sensor, and the sensor's SenML readings must reach
+a `mosquitto_sub` through the cluster (--no-bridge leaves that part out).
 
-    sudo .venv/bin/python -m lab.lab [--hosts 3] [--keep-going]
+    sudo .venv/bin/python -m lab.lab [--hosts 3] [--keep-going] [--no-bridge] [--hold FILE]
 
 Root on Debian with debootstrap, systemd-container, iproute2 and openssh-client. Prints progress and a summary table
 (step, result, seconds); tears down every container, namespace and mount it made, also when a step fails.
@@ -10,8 +12,10 @@ Root on Debian with debootstrap, systemd-container, iproute2 and openssh-client.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,6 +27,7 @@ from pathlib import Path
 
 from lab.cleanup import Cleanup
 from lab.cluster_checks import (
+    PIKAFKA,
     BackgroundProducer,
     History,
     cluster_view,
@@ -48,6 +53,9 @@ WHEELHOUSE_CACHE = Path.home() / ".cache/pikafka-wheelhouse"
 TOPIC = "lab"
 DEPLOY_TARGET_S = 180.0
 SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+SENSOR_TOPIC = "readings"
+MQTT_USER = "pikafka-bridge"  # the mqtt_bridge role's default user
+MQTT_PORT = 1883
 
 
 @dataclass
@@ -59,10 +67,12 @@ class StepResult:
 
 
 class Lab:
-    def __init__(self, hosts: int) -> None:
+    def __init__(self, hosts: int, bridge: bool = True) -> None:
         self.cleanup = Cleanup()
         self.hosts: list[Container] = []
         self.count = hosts
+        self.bridge = bridge
+        self.mqtt_password = secrets.token_urlsafe(18)
         self.results: list[StepResult] = []
         self.history = History(TOPIC)
         self.inventory = WORKDIR / "inventory.yml"
@@ -118,13 +128,26 @@ class Lab:
         for host in self.hosts:
             if host.init_pid is None:
                 continue
-            for unit in ("pi-zookeeper.service", "pi-broker.service"):
+            units = ["pi-zookeeper.service", "pi-broker.service"]
+            if self.bridge:
+                units += ["mosquitto.service", "pi-mqtt-bridge.service", "pi-sensor.service"]
+            for unit in units:
                 out = host.exec(["journalctl", "-u", unit, "-n", "15", "--no-pager", "-o", "cat"], check=False)
                 if out.strip():
                     say(f"   journal of {unit} on {host.name}:\n      " + "\n      ".join(out.splitlines()))
 
     def broker_host(self, broker_id: int) -> Container:
         return self.hosts[broker_id - 1]
+
+    # The MQTT side reuses the cluster's hosts (no fourth container: nothing to boot or deploy twice): the bridge and
+    # mosquitto on lab1 (the zookeeper's host, never powered off), the sensor on lab2 (the power cut takes lab3).
+    @property
+    def bridge_host(self) -> Container:
+        return self.hosts[0]
+
+    @property
+    def sensor_host(self) -> Container:
+        return self.hosts[1 % len(self.hosts)]
 
     # ------------------------------------------------------------------------------------------------ steps
 
@@ -167,6 +190,17 @@ class Lab:
                 f"        {host.name}:",
                 f"          ansible_host: {host.address}",
                 f"          broker_id: {host.index}",
+            ]
+        if self.bridge:
+            lines += [
+                "    bridges:",
+                "      hosts:",
+                f"        {self.bridge_host.name}:",
+                "          mqtt_bridge_install_mosquitto: true",
+                f'          mqtt_bridge_mqtt_password: "{self.mqtt_password}"',
+                "    sensors:",
+                "      hosts:",
+                f"        {self.sensor_host.name}:",
             ]
         self.inventory.write_text("\n".join(lines) + "\n")
 
@@ -328,6 +362,110 @@ class Lab:
             f"produced with acks=all: none failed, none lost ({len(self.history.acked)} in all)"
         )
 
+    def sensor_to_mqtt(self) -> str:
+        """Readings of pi-sensor (lab2) -> pikafka topic "readings" -> pi-mqtt-bridge (lab1) -> mosquitto (lab1)."""
+        bridge, sensor = self.bridge_host, self.sensor_host
+        for host, unit in (
+            (bridge, "mosquitto.service"),
+            (bridge, "pi-mqtt-bridge.service"),
+            (sensor, "pi-sensor.service"),
+        ):
+            wait_for(
+                f"{unit} on {host.name} to be active",
+                lambda h=host, u=unit: unit_state(h, u)["ActiveState"] == "active",
+                30,
+            )
+        bridge_status = wait_for(
+            "pi-mqtt-bridge's STATUS to say connected and in its group",
+            lambda: (
+                (t := unit_state(bridge, "pi-mqtt-bridge.service").get("StatusText", "")).startswith("mqtt connected")
+                and "not in the group" not in t
+                and t
+            ),
+            60,
+        )
+        sensor_status = wait_for(
+            "pi-sensor's STATUS to say the broker is reachable",
+            lambda: "broker reachable" in (t := unit_state(sensor, "pi-sensor.service").get("StatusText", "")) and t,
+            60,
+        )
+        status = bridge.exec(["systemctl", "status", "--no-pager", "pi-mqtt-bridge.service"], check=False)
+        if 'Status: "mqtt connected' not in status:
+            raise RuntimeError(f"systemctl status pi-mqtt-bridge shows no connected STATUS:\n{status}")
+        # With the bridge's credentials, over the LAN address: readings published from now on.
+        sub = [
+            "mosquitto_sub",
+            "-h",
+            bridge.address,
+            "-p",
+            str(MQTT_PORT),
+            "-u",
+            MQTT_USER,
+            "-P",
+            self.mqtt_password,
+            "-t",
+            f"pikafka/{SENSOR_TOPIC}/{sensor.name}/#",
+            "-v",
+            "-C",
+            "5",
+            "-W",
+            "60",
+        ]
+        out = bridge.exec(sub, timeout=90, check=False)  # -W: exits non-zero when fewer than -C arrived
+        received: list[tuple[str, str]] = []
+        for line in out.splitlines():
+            topic, _, payload = line.partition(" ")
+            senml = json.loads(payload)
+            if not (isinstance(senml, list) and senml and str(senml[0].get("bn", "")).startswith(f"{sensor.name}:")):
+                raise RuntimeError(f"not a SenML reading of {sensor.name} on {topic}: {payload[:200]}")
+            received.append((topic, payload))
+        if len(received) < 5:
+            raise RuntimeError(f"mosquitto_sub got {len(received)} readings in 60 s: {out[-500:]}")
+        # ... and each of them is a record of the pikafka topic (it went through the cluster, not around it).
+        records = self.hosts[-1].exec(
+            [
+                PIKAFKA,
+                "consume",
+                SENSOR_TOPIC,
+                "--bootstrap",
+                self.bootstrap,
+                "--from-beginning",
+                "--timeout",
+                "5",
+                "--format",
+                "json",
+            ],
+            timeout=180,
+        )
+        in_pikafka = {
+            (str(r["key"]), str(r["value"])) for r in map(json.loads, filter(str.strip, records.splitlines()))
+        }
+        prefix = f"pikafka/{SENSOR_TOPIC}/"
+        missing = [t for t, p in received if (t.removeprefix(prefix), p) not in in_pikafka]
+        if missing:
+            raise RuntimeError(f"{len(missing)} MQTT messages are not records of {SENSOR_TOPIC}: {missing[:3]}")
+        # Not anonymous on the LAN: a client without credentials, from another host, is refused.
+        other = self.hosts[-1] if self.hosts[-1] is not bridge else sensor
+        assert other.init_pid is not None
+        anonymous = ["mosquitto_sub", "-h", bridge.address, "-p", str(MQTT_PORT), "-t", "#", "-C", "1", "-W", "10"]
+        anon = subprocess.run(
+            ["nsenter", "-t", str(other.init_pid), "-a", *anonymous],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if anon.returncode == 0 or "not authori" not in anon.stderr:
+            raise RuntimeError(
+                f"an anonymous mosquitto_sub from {other.name} was not refused (exit {anon.returncode}): "
+                f"{(anon.stdout + anon.stderr).strip()[:300]}"
+            )
+        refused = f"anonymous mosquitto_sub from {other.name} refused: {anon.stderr.strip().splitlines()[-1]!r}"
+        return (
+            f"{len(received)} SenML readings of {sensor.name} via pikafka {SENSOR_TOPIC!r} reached mosquitto_sub on "
+            f"{bridge.name} (e.g. {received[0][0]}); bridge {bridge_status!r}; sensor {sensor_status!r}; {refused}"
+        )
+
     # ------------------------------------------------------------------------------------------------ driver
 
     def run(self, keep_going: bool, hold: Path | None = None) -> bool:
@@ -341,6 +479,8 @@ class Lab:
             ("second deploy is idempotent", self.second_deploy),
             ("rolling restart under load", self.rolling_restart),
         ]
+        if self.bridge:
+            steps.append(("sensor -> pikafka -> bridge -> mosquitto_sub", self.sensor_to_mqtt))
         try:
             for name, action in steps:
                 if not self.step(name, action) and (not keep_going or name in ("boot containers", "first deploy")):
@@ -394,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--keep-going", action="store_true", help="run later checks after a failed one")
     parser.add_argument("--hold", type=Path, metavar="FILE", help="before teardown, wait until FILE is removed")
+    parser.add_argument(
+        "--no-bridge",
+        action="store_true",
+        help="leave out the MQTT side (no bridges/sensors groups, no mosquitto, pi-mqtt-bridge, pi-sensor step)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("lab: needs root (namespaces, mounts, containers)", file=sys.stderr)
@@ -406,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # SIGTERM (a CI timeout, Ctrl-C's cousin) unwinds through the teardown like any failure.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    return 0 if Lab(args.hosts).run(args.keep_going, args.hold) else 1
+    return 0 if Lab(args.hosts, bridge=not args.no_bridge).run(args.keep_going, args.hold) else 1
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ PACKAGES = (
     "iproute2",
     "procps",
     "sudo",
+    # The bridge host's MQTT broker and the lab's mosquitto_sub: the containers have no mirror, so the mqtt_bridge
+    # role's apt task must find them installed.
+    "mosquitto",
+    "mosquitto-clients",
 )
 CACHE_DIR = Path("/var/cache/pikafka-lab")
 
