@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pikafka.protocol import CT_CBOR
 from pikafka.records import Record, decode_records, encode_batch, iter_batches
 from tests.conftest import REPO, BrokerProcess, free_port
 from tests.history_checker import Ack, Consumed
+from tests.processes import stop_gracefully, wait_for_port
 
 HEARTBEAT_MS = 200
 SESSION_MS = 1500
@@ -69,28 +69,14 @@ class ZookeeperProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"zookeeper exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"zookeeper not ready after {timeout}s")
+        wait_for_port(self.proc, self.port, self.log_path, "zookeeper", timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
     def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_gracefully(self.proc, 10)
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -7,12 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.processes import stop_gracefully, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,18 +77,8 @@ class BrokerProcess:
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
-        """Ready when the TCP side of the CoAP port accepts: the service binds after recovering its log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"broker not ready after {timeout}s:\n{self.log_path.read_text()}")
+        assert self.proc is not None
+        wait_for_port(self.proc, self.port, self.log_path, "broker", timeout)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -97,14 +88,7 @@ class BrokerProcess:
     def terminate(self, timeout: float = 10.0) -> int:
         """SIGTERM and wait; returns the exit code."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+        return stop_gracefully(self.proc, timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.processes import stop_gracefully
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
@@ -88,13 +89,8 @@ class Mosquitto:
 
     def stop(self) -> None:
         """SIGTERM: mosquitto closes every connection and saves its persistence file (sessions, queued messages)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_gracefully(self.proc, 15)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -214,14 +210,7 @@ class BridgeProcess:
 
     def terminate(self, timeout: float = 20.0) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+        return stop_gracefully(self.proc, timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import pytest
 from aiocoap.numbers.codes import Code
 
 from tests.conftest import REPO, free_port
+from tests.processes import stop_gracefully, wait_for_port
 
 HB_MS = 100
 SESSION_MS = 600
@@ -64,27 +64,11 @@ class ZookeeperProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"zookeeper exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"zookeeper not ready after {timeout}s:\n{self.log_path.read_text()}")
+        wait_for_port(self.proc, self.port, self.log_path, "zookeeper", timeout)
 
     def terminate(self, timeout: float = 10.0) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+        return stop_gracefully(self.proc, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text()

@@ -15,27 +15,33 @@ from pathlib import Path
 import pytest
 
 UNITS_DIR = Path(__file__).resolve().parents[2] / "systemd"
-UNITS = ["pi-broker.service", "pi-zookeeper.service"]  # the units this deployment owns
+# Every unit the product ships, and the program its ExecStart runs.
+PROGRAMS = {
+    "pi-broker.service": "pi-broker",
+    "pi-zookeeper.service": "pi-zookeeper",
+    "pi-mqtt-bridge.service": "pi-mqtt-bridge",
+    "pi-sensor.service": "pi-sensor",
+}
+UNITS = sorted(PROGRAMS)
 MAX_EXPOSURE = 2.0
 ANALYZE = shutil.which("systemd-analyze")
 
 pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze missing (apt-get install systemd)")
 
 
-def test_both_services_have_units():
-    assert all((UNITS_DIR / unit).is_file() for unit in UNITS)
+def test_every_service_has_exactly_one_unit():
+    assert sorted(p.name for p in UNITS_DIR.glob("*.service")) == UNITS
 
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_verifies_clean(unit: str, tmp_path: Path):
     venv_bin = tmp_path / "venv" / "bin"
     venv_bin.mkdir(parents=True)
-    for program in ("pi-broker", "pi-zookeeper"):
-        stub = venv_bin / program
-        stub.write_text("#!/bin/sh\nexit 0\n")
-        stub.chmod(0o755)
+    stub = venv_bin / PROGRAMS[unit]
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
     text = (UNITS_DIR / unit).read_text()
-    assert "/opt/pikafka/venv/bin/" in text
+    assert f"/opt/pikafka/venv/bin/{PROGRAMS[unit]} " in text
     copy = tmp_path / unit
     copy.write_text(text.replace("/opt/pikafka/venv/bin/", f"{venv_bin}/"))
     result = subprocess.run(

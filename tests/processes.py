@@ -1,0 +1,37 @@
+"""What every test that runs a real service process needs: wait until it listens, stop it gracefully."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def wait_for_port(proc: subprocess.Popen[Any], port: int, log_path: Path, what: str, timeout: float) -> None:
+    """Return once the process accepts TCP connections on the loopback port (the services bind after recovering
+    their state, so this also means "ready"); raise with the process log if it exits or never listens."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{log_path.read_text(errors='replace')}")
+
+
+def stop_gracefully(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM and wait; SIGKILL if it overstays. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
