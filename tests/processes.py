@@ -16,13 +16,21 @@ def wait_for_port(proc: subprocess.Popen[Any], port: int, log_path: Path, what: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_read(log_path)}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as probe:
+                # Linux lets a loopback connect to an unbound port in the ephemeral range pick that same port as its
+                # source and "connect" to itself (TCP simultaneous open): that is not the service listening.
+                if probe.getsockname() != probe.getpeername():
+                    return
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} not ready after {timeout}s:\n{log_path.read_text(errors='replace')}")
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{_read(log_path)}")
+
+
+def _read(log_path: Path) -> str:
+    return log_path.read_text(errors="replace") if log_path.exists() else "(no log)"
 
 
 def stop_gracefully(proc: subprocess.Popen[Any], timeout: float) -> int:
