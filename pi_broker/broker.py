@@ -402,22 +402,28 @@ class Broker:
         must_be_durable: dict[Partition, int] = {}
         for planned in plan:
             partition = planned.partition
-            first = last = -1
-            wrote = False
-            for header, batch in planned.batches:
-                outcome = partition.append(batch, header)
-                wrote = wrote or not outcome.duplicate
-                if first < 0:
-                    first = outcome.base_offset
-                last = max(last, outcome.last_offset)
-            if wrote:
-                self._group_commit.appended(partition)
+            first, last = self._append_planned(planned)
             if partition.log.config.flush_interval_ms == 0:
                 must_be_durable[partition] = max(must_be_durable.get(partition, -1), last)
             results.append(ProduceResult(partition.key.topic, partition.key.partition, first, last))
         if request.acks != ACKS_NONE and must_be_durable:
             await self._wait_durable(must_be_durable, request.timeout_ms)
         return results
+
+    def _append_planned(self, planned: _PlannedBatch) -> tuple[int, int]:
+        """Append one partition's checked batches; (first, last) offsets, a duplicate's original ones included."""
+        partition = planned.partition
+        first = last = -1
+        wrote = False
+        for header, batch in planned.batches:
+            outcome = partition.append(batch, header)
+            wrote = wrote or not outcome.duplicate
+            if first < 0:
+                first = outcome.base_offset
+            last = max(last, outcome.last_offset)
+        if wrote:
+            self._group_commit.appended(partition)
+        return first, last
 
     async def _produce_clustered(self, request: ProduceRequest, plan: list[_PlannedBatch]) -> list[ProduceResult]:
         """Leader-only produce. acks=1: answered after this leader's fsync. acks=all: refused before appending when
@@ -430,16 +436,7 @@ class Broker:
         waits: dict[Partition, tuple[int, int]] = {}  # partition -> (last offset, epoch it was appended at)
         for planned in plan:
             partition = planned.partition
-            first = last = -1
-            wrote = False
-            for header, batch in planned.batches:
-                outcome = partition.append(batch, header)
-                wrote = wrote or not outcome.duplicate
-                if first < 0:
-                    first = outcome.base_offset
-                last = max(last, outcome.last_offset)
-            if wrote:
-                self._group_commit.appended(partition)
+            first, last = self._append_planned(planned)
             previous = waits.get(partition, (-1, partition.leader_epoch))[0]
             waits[partition] = (max(previous, last), partition.leader_epoch)
             results.append(ProduceResult(partition.key.topic, partition.key.partition, first, last))

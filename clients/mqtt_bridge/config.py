@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,14 +38,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from clients.mqtt_bridge.routes import FromMqttRoute, ToMqttRoute, check_filter, check_template, overlapping_routes
+from pikafka.config_file import ConfigError as ConfigError  # re-exported: the service catches it
+from pikafka.config_file import read_toml
 
 PROTOCOLS = ("3.1.1", "5")
 ENVELOPES = ("none", "json")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
@@ -288,14 +285,7 @@ def load_config(argv: Sequence[str] | None = None) -> BridgeConfig:
     args = argument_parser().parse_args(argv)
     config = BridgeConfig()
     if args.config is not None:
-        try:
-            with open(args.config, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{args.config}: {exc}") from None
-        config = config_from_mapping(document, str(args.config))
+        config = config_from_mapping(read_toml(args.config), str(args.config))
     top: dict[str, Any] = {}
     for name in ("bootstrap", "group_id", "envelope"):
         if getattr(args, name) is not None:

@@ -41,18 +41,16 @@ from __future__ import annotations
 
 import argparse
 import socket
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pikafka.config_file import ConfigError as ConfigError  # re-exported: the service catches it
+from pikafka.config_file import read_toml
+
 SOURCE_TYPES = ("cpu_temp", "load", "memory", "disk", "network", "command", "python")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line for the operator."""
 
 
 @dataclass(frozen=True)
@@ -205,14 +203,7 @@ def load_config(argv: Sequence[str] | None = None) -> SensorConfig:
     args = argument_parser().parse_args(argv)
     config = SensorConfig()
     if args.config is not None:
-        try:
-            with open(args.config, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {args.config}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{args.config}: {exc}") from None
-        config = config_from_mapping(document, str(args.config))
+        config = config_from_mapping(read_toml(args.config), str(args.config))
     overrides = {
         name: getattr(args, name)
         for name in ("bootstrap", "topic", "device", "acks", "state_dir")
