@@ -31,6 +31,7 @@ from pi_broker.group_commit import GroupCommit
 from pi_broker.log.partition_log import PartitionLog
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
 from pi_broker.partition import Partition, Role, TopicPartition
+from pi_broker.pending_acks import PendingProduce
 from pi_broker.topic_registry import TopicRegistry, TopicSpec
 from pikafka.atomic_file import read_json, write_json_atomic
 from pikafka.config_file import ConfigError
@@ -394,21 +395,55 @@ class Broker:
     # -- produce -----------------------------------------------------------------------------------------------
 
     async def produce(self, request: ProduceRequest) -> list[ProduceResult]:
+        """Append the request's batches; returns their offsets once the request's acks level holds."""
+        pending = self.produce_nowait(request)
+        if not pending.waiting:
+            return pending.settle_now()
+        return await pending.wait(request.timeout_ms / 1000)
+
+    def produce_nowait(self, request: ProduceRequest) -> PendingProduce[list[ProduceResult]]:
+        """Check the whole request and append its batches now, with no await in between, so the checks still hold
+        when we write (PikafkaError, with nothing written, if any batch is refused). The returned acknowledgement
+        carries the offsets; partitions release it once the acks level holds, or answer it at once when `waiting`
+        is False:
+
+        - acks=0: at once. Standalone acks>=1: once fsynced. Clustered acks=1: once fsynced on this leader.
+        - Clustered acks=all: refused before appending when the ISR is smaller than min_insync_replicas, else once
+          the high watermark passes the records (every in-sync replica holds them durably), or an error; never a
+          silent success.
+        - A topic with flush_interval_ms > 0: after the write (acks=all still waits for the replicas).
+        """
         plan = self._plan_produce(request)
-        if self.clustered:
-            return await self._produce_clustered(request, plan)
-        # From here to the last append there is no await: the checks above still hold when we write.
+        acks_all = self.clustered and request.acks == ACKS_ALL
+        if acks_all:
+            for planned in plan:
+                _require_enough_replicas(planned.partition)
         results: list[ProduceResult] = []
-        must_be_durable: dict[Partition, int] = {}
+        last_offsets: dict[Partition, int] = {}
         for planned in plan:
             partition = planned.partition
             first, last = self._append_planned(planned)
-            if partition.log.config.flush_interval_ms == 0:
-                must_be_durable[partition] = max(must_be_durable.get(partition, -1), last)
+            last_offsets[partition] = max(last_offsets.get(partition, -1), last)
             results.append(ProduceResult(partition.key.topic, partition.key.partition, first, last))
-        if request.acks != ACKS_NONE and must_be_durable:
-            await self._wait_durable(must_be_durable, request.timeout_ms)
-        return results
+        touched = list(last_offsets)
+        pending: PendingProduce[list[ProduceResult]] = PendingProduce(
+            results,
+            # Kafka's rule: replicated to an ISR that shrank below the minimum meanwhile is not good enough.
+            check=(lambda: _require_replicas_after_append(touched)) if acks_all else None,
+            on_timeout=lambda: _produce_timeout(touched, acks_all, request.timeout_ms),
+        )
+        if request.acks == ACKS_NONE:
+            return pending
+        for partition, last in last_offsets.items():
+            if acks_all:
+                partition.ack_when_committed(last, pending)
+            elif partition.log.config.flush_interval_ms > 0:
+                continue
+            elif self.clustered:
+                partition.ack_when_flushed(last, pending)
+            else:
+                partition.ack_when_committed(last, pending)  # standalone: the high watermark is the flushed offset
+        return pending
 
     def _append_planned(self, planned: _PlannedBatch) -> tuple[int, int]:
         """Append one partition's checked batches; (first, last) offsets, a duplicate's original ones included."""
@@ -424,45 +459,6 @@ class Broker:
         if wrote:
             self._group_commit.appended(partition)
         return first, last
-
-    async def _produce_clustered(self, request: ProduceRequest, plan: list[_PlannedBatch]) -> list[ProduceResult]:
-        """Leader-only produce. acks=1: answered after this leader's fsync. acks=all: refused before appending when
-        the ISR is smaller than min_insync_replicas, else answered once the high watermark passes the records (so
-        every in-sync replica has them durably), or with an error; never a silent success."""
-        if request.acks == ACKS_ALL:
-            for planned in plan:
-                _require_enough_replicas(planned.partition)
-        results: list[ProduceResult] = []
-        waits: dict[Partition, tuple[int, int]] = {}  # partition -> (last offset, epoch it was appended at)
-        for planned in plan:
-            partition = planned.partition
-            first, last = self._append_planned(planned)
-            previous = waits.get(partition, (-1, partition.leader_epoch))[0]
-            waits[partition] = (max(previous, last), partition.leader_epoch)
-            results.append(ProduceResult(partition.key.topic, partition.key.partition, first, last))
-        if request.acks == ACKS_NONE:
-            return results
-        try:
-            async with asyncio.timeout(request.timeout_ms / 1000):
-                for partition, (offset, epoch) in waits.items():
-                    if request.acks == ACKS_ALL:
-                        await partition.wait_committed(offset, epoch)
-                    elif partition.log.config.flush_interval_ms == 0:
-                        await partition.wait_flushed(offset)
-        except TimeoutError:
-            if request.acks == ACKS_ALL:
-                for partition in waits:
-                    _require_enough_replicas(partition, after_append=True)
-            raise PikafkaError(
-                ErrorCode.REQUEST_TIMED_OUT,
-                f"records were written but not {'replicated' if request.acks == ACKS_ALL else 'fsynced'} "
-                f"within {request.timeout_ms} ms",
-            ) from None
-        if request.acks == ACKS_ALL:
-            for partition in waits:
-                # Kafka's rule: replicated to an ISR that shrank below the minimum meanwhile is not good enough.
-                _require_enough_replicas(partition, after_append=True)
-        return results
 
     def _plan_produce(self, request: ProduceRequest) -> list[_PlannedBatch]:
         plan: list[_PlannedBatch] = []
@@ -484,16 +480,6 @@ class Broker:
         for partition, headers in per_partition.items():
             partition.check_appends(headers)
         return plan
-
-    async def _wait_durable(self, targets: dict[Partition, int], timeout_ms: int) -> None:
-        try:
-            async with asyncio.timeout(timeout_ms / 1000):
-                for partition, offset in targets.items():
-                    await partition.wait_durable(offset)
-        except TimeoutError:
-            raise PikafkaError(
-                ErrorCode.REQUEST_TIMED_OUT, f"records were written but not fsynced within {timeout_ms} ms"
-            ) from None
 
     # -- fetch -------------------------------------------------------------------------------------------------
 
@@ -547,19 +533,22 @@ class Broker:
         header = parse_header(batch)
         if header.size > limit:
             raise PikafkaError(ErrorCode.RECORD_TOO_LARGE, f"the reading's batch exceeds max_message_bytes {limit}")
-        epoch = partition.leader_epoch
         outcome = partition.append(batch, header)
         self._group_commit.appended(partition)
-        if self.clustered:
-            # A reading is answered like acks=all: once every in-sync replica holds it.
-            try:
-                async with asyncio.timeout(10):
-                    await partition.wait_committed(outcome.last_offset, epoch)
-            except TimeoutError:
-                raise PikafkaError(ErrorCode.REQUEST_TIMED_OUT, "the reading was not replicated within 10 s") from None
-        elif partition.log.config.flush_interval_ms == 0:
-            await self._wait_durable({partition: outcome.last_offset}, 10_000)
-        return Reading(partition.key.partition, outcome.base_offset, header.first_timestamp, value, content_format)
+        reading = Reading(partition.key.partition, outcome.base_offset, header.first_timestamp, value, content_format)
+        # Clustered, a reading is answered like acks=all: once every in-sync replica holds it.
+        if self.clustered or partition.log.config.flush_interval_ms == 0:
+            what = "replicated" if self.clustered else "fsynced"
+            pending: PendingProduce[Reading] = PendingProduce(
+                reading,
+                on_timeout=lambda: PikafkaError(
+                    ErrorCode.REQUEST_TIMED_OUT, f"the reading was written but not {what} within 10 s"
+                ),
+            )
+            partition.ack_when_committed(outcome.last_offset, pending)
+            if pending.waiting:
+                return await pending.wait(10.0)
+        return reading
 
     def latest_reading(self, topic_name: str) -> Reading | None:
         """The newest durable record of the topic (by timestamp across partitions), or None when it has none."""
@@ -625,6 +614,23 @@ def _split_batches(records: bytes, index: int) -> list[tuple[BatchHeader, bytes]
     if not out:
         raise PikafkaError(ErrorCode.CORRUPT_MESSAGE, f"batches[{index}]: records is empty")
     return out
+
+
+def _require_replicas_after_append(partitions: list[Partition]) -> None:
+    for partition in partitions:
+        _require_enough_replicas(partition, after_append=True)
+
+
+def _produce_timeout(partitions: list[Partition], acks_all: bool, timeout_ms: int) -> PikafkaError:
+    if acks_all:
+        try:
+            _require_replicas_after_append(partitions)
+        except PikafkaError as exc:
+            return exc
+    return PikafkaError(
+        ErrorCode.REQUEST_TIMED_OUT,
+        f"records were written but not {'replicated' if acks_all else 'fsynced'} within {timeout_ms} ms",
+    )
 
 
 def _require_enough_replicas(partition: Partition, *, after_append: bool = False) -> None:

@@ -5,9 +5,10 @@ On a standalone broker the partition always leads at epoch 0 and the high waterm
 only ever see records that are on disk, so a record a consumer read can never vanish in a power cut. In a cluster
 (docs/replication.md) the role comes from the zookeeper's snapshots, and the high watermark of a leader is the
 smallest durable log end over its in-sync replicas (IsrTracker); a follower learns the leader's from its fetches.
-Long-poll fetches, produce acknowledgements and topic-data observers wait on a future that the partition resolves
-(and replaces) whenever the high watermark, the flushed offset or the role changes; follower fetches wait on a second
-one that moves with the log end.
+Produce acknowledgements wait in two offset-ordered AckQueues (pending_acks.py), one released by the flushed offset
+and one by the high watermark, so a moving bound answers exactly the requests it covers. Long-poll fetches and
+topic-data observers wait on a future that the partition resolves (and replaces) whenever the high watermark, the
+flushed offset or the role changes; follower fetches wait on a second one that moves with the log end.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from enum import Enum
 
 from pi_broker.isr_tracker import IsrTracker
 from pi_broker.log.partition_log import PartitionLog
+from pi_broker.pending_acks import AckQueue, AckWaiter
 from pi_broker.producer_state import Duplicate, ProducerStateTable, WrittenBatch, is_idempotent
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.records import BatchHeader, parse_header
@@ -72,6 +74,8 @@ class Partition:
         self._high_watermark = partition_log.log_start_offset if clustered else partition_log.flushed_offset
         self._changed: asyncio.Future[None] | None = None
         self._appended: asyncio.Future[None] | None = None
+        self._flush_acks = AckQueue()  # released by the flushed offset (acks=1 on a cluster)
+        self._commit_acks = AckQueue()  # released by the high watermark (standalone acks>=1, cluster acks=all)
         self._flush_error: PikafkaError | None = None
         # Set when an fsync failed: Linux may have dropped the dirty pages, so nothing written since can be trusted
         # to reach the disk; the partition refuses writes until the broker restarts and recovers the log.
@@ -116,6 +120,7 @@ class Partition:
         if self.role is Role.LEADER and self.leader_epoch == epoch:
             self.adopt_isr(isr, metadata_version, now)
             return
+        self._fail_commit_acks()
         self.role = Role.LEADER
         self.leader_epoch = epoch
         self.leader_id = self.broker_id
@@ -133,6 +138,7 @@ class Partition:
         if self.role is Role.FOLLOWER and self.leader_id == leader_id and self.leader_epoch == epoch:
             return False
         was = self.role
+        self._fail_commit_acks()
         self.role = Role.FOLLOWER
         self.leader_epoch = epoch
         self.leader_id = leader_id
@@ -146,6 +152,7 @@ class Partition:
         """No live in-sync replica leads the partition (or this broker is no replica of it): serve nothing."""
         if self.role is Role.NONE and self.leader_epoch == epoch:
             return
+        self._fail_commit_acks()
         self.role = Role.NONE
         self.leader_epoch = max(self.leader_epoch, epoch)
         self.leader_id = None
@@ -158,6 +165,7 @@ class Partition:
         if self.role is not Role.LEADER:
             return
         log.warning("%s: stepping down from epoch %d: %s", self.key, self.leader_epoch, why)
+        self._fail_commit_acks()
         self.role = Role.NONE
         self.leader_id = None
         self.isr = None
@@ -253,6 +261,7 @@ class Partition:
     def flushed(self) -> None:
         """The group commit advanced the log's flushed offset."""
         self._flush_error = None
+        self._flush_acks.release_below(min(self.log.flushed_offset, self.log.log_end_offset))
         self._recompute_high_watermark()
         self._wake()
 
@@ -269,6 +278,7 @@ class Partition:
             return
         if candidate > self._high_watermark:
             self._high_watermark = candidate
+            self._commit_acks.release_below(candidate)
             self._wake()
 
     def flush_failed(self, error: PikafkaError) -> None:
@@ -276,6 +286,8 @@ class Partition:
         refused (see `failed`)."""
         self._flush_error = error
         self.failed = error
+        self._flush_acks.fail_all(error)
+        self._commit_acks.fail_all(error)
         self._wake()
 
     def changed(self) -> asyncio.Future[None]:
@@ -291,23 +303,30 @@ class Partition:
             self._appended = asyncio.get_running_loop().create_future()
         return self._appended
 
-    async def wait_durable(self, offset: int) -> None:
-        """Return once `offset` is below the high watermark; raises STORAGE_ERROR if its fsync failed."""
-        while self._high_watermark <= offset:
-            self._check_waitable()
-            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
-            await asyncio.shield(self.changed())
-            if self._flush_error is not None and self._high_watermark <= offset:
-                raise self._flush_error
+    def ack_when_flushed(self, offset: int, pending: AckWaiter) -> None:
+        """Have `pending` released once `offset` is fsynced on this replica (acks=1 in a cluster); nothing is queued
+        when it already is."""
+        self._check_waitable()
+        if self.log.flushed_offset <= offset:
+            self._flush_acks.add(offset, pending)
 
-    async def wait_flushed(self, offset: int) -> None:
-        """Return once `offset` is fsynced on this replica (acks=1 in a cluster)."""
-        while self.log.flushed_offset <= offset:
-            self._check_waitable()
-            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
-            await asyncio.shield(self.changed())
-            if self._flush_error is not None and self.log.flushed_offset <= offset:
-                raise self._flush_error
+    def ack_when_committed(self, offset: int, pending: AckWaiter) -> None:
+        """Have `pending` released once `offset` is below the high watermark: fsynced on a standalone broker, held
+        durably by every in-sync replica on a cluster leader (acks=all). It fails with NOT_LEADER_OR_FOLLOWER as
+        soon as this replica stops leading at the current epoch, whatever became of the record."""
+        self._check_waitable()
+        if self._high_watermark <= offset:
+            self._commit_acks.add(offset, pending)
+
+    def _fail_commit_acks(self) -> None:
+        if len(self._commit_acks):
+            self._commit_acks.fail_all(
+                PikafkaError(
+                    ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                    f"broker {self.broker_id} stopped leading {self.key} (epoch {self.leader_epoch}) before the "
+                    "records were replicated; retry against the new leader",
+                )
+            )
 
     async def wait_flushed_to(self, end: int) -> None:
         """Return once everything below `end` (or below the log end, should a truncation cut it) is fsynced."""
@@ -316,24 +335,6 @@ class Partition:
             # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
             await asyncio.shield(self.changed())
             if self._flush_error is not None:
-                raise self._flush_error
-
-    async def wait_committed(self, offset: int, epoch: int) -> None:
-        """Return once `offset` is below the high watermark of this replica leading at `epoch` (acks=all); raises
-        NOT_LEADER_OR_FOLLOWER as soon as it stops leading, whatever became of the record."""
-        while True:
-            self._check_waitable()
-            if self.role is not Role.LEADER or self.leader_epoch != epoch:
-                raise PikafkaError(
-                    ErrorCode.NOT_LEADER_OR_FOLLOWER,
-                    f"broker {self.broker_id} stopped leading {self.key} (epoch {epoch}) before the records were "
-                    "replicated; retry against the new leader",
-                )
-            if self._high_watermark > offset:
-                return
-            # shield: the future is shared by every waiter; one waiter's timeout must not cancel it for the rest
-            await asyncio.shield(self.changed())
-            if self._flush_error is not None and self._high_watermark <= offset:
                 raise self._flush_error
 
     def _check_waitable(self) -> None:
@@ -354,16 +355,23 @@ class Partition:
         self._wake()
         self._wake_appended()
 
+    def _release_all_as_deleted(self) -> None:
+        gone = PikafkaError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"partition {self.key} was deleted")
+        self._flush_acks.fail_all(gone)
+        self._commit_acks.fail_all(gone)
+
     def close(self) -> None:
         """Close the log (the storage flushes on close) and release every waiter."""
         if self.closed:
             return
         self.closed = True
+        self._release_all_as_deleted()
         self._wake_all()
         self.log.close()
 
     def delete(self) -> None:
         """Release every waiter and remove the log's files (topic deletion); nothing is flushed."""
         self.closed = True
+        self._release_all_as_deleted()
         self._wake_all()
         self.log.delete()

@@ -107,15 +107,25 @@ class BrokerResource(resource.Resource):  # type: ignore[misc]
     async def render(self, request: Any) -> Any:
         try:
             response = await self._dispatch(request)
-        except PikafkaError as exc:
+        except Exception as exc:
+            return self.error_response(request, exc)
+        return self.finish(request, response)
+
+    def error_response(self, request: Any, exc: Exception) -> Any:
+        """The one-line answer to a request that failed with `exc`; anything but a PikafkaError is a bug: 5.00."""
+        if isinstance(exc, PikafkaError):
             if exc.code.coap_code >> 5 == 5:
                 log.warning("%s %s: %s", request.code, uri_path(request), exc)
-            response = error_message(exc)
-        except Exception:
-            log.exception("%s %s failed", request.code, uri_path(request))
-            response = error_message(
-                PikafkaError(ErrorCode.UNKNOWN_SERVER_ERROR, "unexpected error in the broker, see its log")
-            )
+            return self.finish(request, error_message(exc))
+        log.error("%s %s failed", request.code, uri_path(request), exc_info=exc)
+        return self.finish(
+            request,
+            error_message(PikafkaError(ErrorCode.UNKNOWN_SERVER_ERROR, "unexpected error in the broker, see its log")),
+        )
+
+    @staticmethod
+    def finish(request: Any, response: Any) -> Any:
+        """Carry the request's No-Response option over, so a client that asked for silence gets it."""
         if response.opt.no_response is None:
             response.opt.no_response = request.opt.no_response
         return response
@@ -128,9 +138,12 @@ class BrokerResource(resource.Resource):  # type: ignore[misc]
                 ErrorCode.METHOD_NOT_ALLOWED,
                 f"{method} is not allowed on {uri_path(request)}; use {', '.join(self.allowed_methods)}",
             )
+        self.check_size(request)
+        return await handler(request)
+
+    def check_size(self, request: Any) -> None:
         if len(request.payload) > self.limits.max_request_bytes:
             raise self._too_large(len(request.payload))
-        return await handler(request)
 
     def _too_large(self, size: int | None = None) -> PikafkaError:
         what = f"{size}-byte body" if size is not None else "body"
