@@ -28,6 +28,7 @@ from pi_broker.peer_client import PeerClient
 from pi_broker.replica_fetch import ReplicaFetchServer
 from pi_broker.replica_roles import ReplicaRoles
 from pi_broker.resources import build_site
+from pi_broker.resources.base import BrokerContext
 from pi_broker.status_line import broker_status
 from pi_broker.topic_registry import RegistryError
 from pikafka.config_file import ConfigError
@@ -80,7 +81,7 @@ class BrokerService:
         rfc8323common.RFC8323Remote._my_max_message_size = self.config.max_request_bytes + _TCP_FRAME_SLACK
         _check_port_free(self.config.bind, self.config.port)
         site = build_site(self.broker, self.replica_server, self.link)
-        self.context = await aiocoap.Context.create_server_context(site, bind=(self.config.bind, self.config.port))
+        self.context = await BrokerContext.create_server_context(site, bind=(self.config.bind, self.config.port))
         self.peer.context = self.context
         mode = "standalone"
         if self.link is not None and self.isr_updater is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiocoap
 import cbor2
 from aiocoap import Code, Message, resource
 
@@ -145,6 +146,11 @@ class BrokerResource(resource.Resource):  # type: ignore[misc]
         if len(request.payload) > self.limits.max_request_bytes:
             raise self._too_large(len(request.payload))
 
+    def render_now(self, pipe: Any) -> bool:
+        """Take the request synchronously, as it is parsed, and return True; or return False to have it rendered in
+        a task as usual. Resources that can answer without awaiting anything override this; it must never raise."""
+        return False
+
     def _too_large(self, size: int | None = None) -> PikafkaError:
         what = f"{size}-byte body" if size is not None else "body"
         return PikafkaError(
@@ -177,3 +183,24 @@ class BrokerSite(resource.Site):  # type: ignore[misc]
             pipe.add_response(response, is_last=True)
             return
         await super().render_to_pipe(pipe)
+
+    def render_now(self, pipe: Any) -> bool:
+        """Answer `pipe` synchronously if its resource can (see BrokerResource.render_now); False otherwise."""
+        render_now = getattr(self._resources.get(pipe.request.opt.uri_path), "render_now", None)
+        return render_now is not None and bool(render_now(pipe))
+
+
+class BrokerContext(aiocoap.Context):  # type: ignore[misc]
+    """aiocoap's Context, but a request its resource can take without waiting (a one-datagram produce) is handled
+    while its message is parsed, instead of in a task of its own that first runs an iteration of the loop later.
+
+    Under load a burst of produces arrives in one read: taken at once, they are all written before the group commit
+    begins its next round in the following iteration, instead of after the loop has also parsed the next burst. That
+    shortened every acknowledgement by about the time of parsing one burst (docs/benchmarks.md).
+    """
+
+    def render_to_pipe(self, pipe: Any) -> None:
+        site = self.serversite
+        if isinstance(site, BrokerSite) and site.render_now(pipe):
+            return
+        super().render_to_pipe(pipe)

@@ -21,20 +21,23 @@ from pikafka.errors import PikafkaError
 
 class ProduceResource(BrokerResource):
     async def render_to_pipe(self, pipe: Any) -> None:
+        if not self.render_now(pipe):
+            await super().render_to_pipe(pipe)
+
+    def render_now(self, pipe: Any) -> bool:
         request = pipe.request
         if request.code != Code.POST or request.opt.block1 is not None or request.opt.block2 is not None:
-            await super().render_to_pipe(pipe)
-            return
+            return False
         try:
             self.check_size(request)
             produce = ProduceRequest.parse(decode_body(request))
             pending = self.broker.produce_nowait(produce)
             if not pending.waiting:
                 pipe.add_response(self._answer(request, pending.settle_now()), is_last=True)
-                return
+                return True
         except Exception as exc:
             pipe.add_response(self.error_response(request, exc), is_last=True)
-            return
+            return True
 
         def answer(outcome: list[ProduceResult] | PikafkaError) -> None:
             try:
@@ -46,6 +49,7 @@ class ProduceResource(BrokerResource):
             pipe.add_response(response, is_last=True)
 
         pending.arm(produce.timeout_ms / 1000, answer)
+        return True
 
     async def handle_post(self, request: Any) -> Any:
         """The general path: a block-wise upload, reassembled by aiocoap."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from pi_broker.broker import Broker
 from pi_broker.config import BrokerConfig
+from pi_broker.log.flush_ticket import FlushTicket
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.records import Record, decode_records, encode_batch, iter_batches
@@ -45,6 +47,58 @@ async def test_concurrent_produces_share_fsync_rounds(broker: Broker):
     assert broker._group_commit.rounds < 50  # many acks per fsync
     fetched = await broker.fetch(fetch_request("t"))
     assert fetched[0].high_watermark == 50 and len(values_of(fetched[0].records)) == 50
+
+
+async def test_an_acknowledged_produce_is_already_fsynced(broker: Broker):
+    broker.create_topic(CreateTopicRequest("t", 2, 1, {}))
+    for i in range(20):
+        (result,) = await broker.produce(produce_request("t", f"{i}".encode(), partition=i % 2))
+        partition = broker._topic("t").partitions[i % 2]
+        assert partition.log.flushed_offset > result.last_offset
+
+
+async def test_a_failed_fsync_answers_the_waiting_producers_with_storage_error(broker: Broker):
+    broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+    await broker.produce(produce_request("t", b"durable"))
+    (partition,) = broker._topic("t").partitions
+    take_ticket = partition.log.flush_ticket
+
+    def failing_ticket() -> FlushTicket:
+        # Fault injection: fsync rejects a pipe (EINVAL), as a failing SD card would reject the segment.
+        ticket = take_ticket()
+        read_end, write_end = os.pipe()
+        os.close(write_end)
+        ticket._fds.append(read_end)
+        return ticket
+
+    partition.log.flush_ticket = failing_ticket  # type: ignore[method-assign]
+    outcomes = await asyncio.gather(
+        *(broker.produce(produce_request("t", b"lost")) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(o, PikafkaError) and o.code is ErrorCode.STORAGE_ERROR for o in outcomes), outcomes
+    with pytest.raises(PikafkaError) as refused:
+        await broker.produce(produce_request("t", b"after"))  # refused until a restart recovers the log
+    assert refused.value.code is ErrorCode.STORAGE_ERROR
+    assert partition.high_watermark == 1  # consumers never saw what was not durable
+
+
+async def test_close_flushes_and_answers_producers_still_waiting(tmp_path: Path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    broker.open()
+    broker.start()
+    broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+    waiting = [asyncio.create_task(broker.produce(produce_request("t", f"{i}".encode()))) for i in range(10)]
+    await asyncio.sleep(0)  # every produce has appended and is waiting for its round
+    await broker.close()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(not isinstance(r, BaseException) for r in results), results
+    reopened = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    reopened.open()
+    try:
+        (partition,) = reopened._topic("t").partitions
+        assert partition.log.log_end_offset == 10 and partition.high_watermark == 10
+    finally:
+        await reopened.close()
 
 
 async def test_records_are_invisible_until_fsynced(broker: Broker):
