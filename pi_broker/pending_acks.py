@@ -100,9 +100,14 @@ class PendingProduce(Generic[T]):
         try:
             return await future
         except asyncio.CancelledError:
-            self.done = True  # the caller went away: partitions skip this entry from now on
-            self._cancel_timer()
+            self.abandon()  # partitions skip this entry from now on
             raise
+
+    def abandon(self) -> None:
+        """Nobody waits for the outcome any more (the client went away): answer nothing, skip the queued entries."""
+        self.done = True
+        self._callback = None
+        self._cancel_timer()
 
     def settle_now(self) -> T:
         """The outcome of a request no partition holds (acks=0, lazily flushed topics, already-durable retries)."""

@@ -201,6 +201,11 @@ class BrokerContext(aiocoap.Context):  # type: ignore[misc]
 
     def render_to_pipe(self, pipe: Any) -> None:
         site = self.serversite
-        if isinstance(site, BrokerSite) and site.render_now(pipe):
+        try:
+            if isinstance(site, BrokerSite) and site.render_now(pipe):
+                return
+        except Exception:
+            # Raised out of here it would unwind into aiocoap's transport; the request is lost, the broker is not.
+            log.exception("rendering %s failed", uri_path(pipe.request))
             return
         super().render_to_pipe(pipe)

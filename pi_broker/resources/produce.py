@@ -49,6 +49,8 @@ class ProduceResource(BrokerResource):
             pipe.add_response(response, is_last=True)
 
         pending.arm(produce.timeout_ms / 1000, answer)
+        # A client that hangs up (or a connection that drops) is not answered into an ended pipe.
+        pipe.on_interest_end(pending.abandon)
         return True
 
     async def handle_post(self, request: Any) -> Any:
