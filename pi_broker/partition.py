@@ -120,7 +120,7 @@ class Partition:
         if self.role is Role.LEADER and self.leader_epoch == epoch:
             self.adopt_isr(isr, metadata_version, now)
             return
-        self._fail_commit_acks()
+        self._fail_acks()
         self.role = Role.LEADER
         self.leader_epoch = epoch
         self.leader_id = self.broker_id
@@ -138,7 +138,7 @@ class Partition:
         if self.role is Role.FOLLOWER and self.leader_id == leader_id and self.leader_epoch == epoch:
             return False
         was = self.role
-        self._fail_commit_acks()
+        self._fail_acks()
         self.role = Role.FOLLOWER
         self.leader_epoch = epoch
         self.leader_id = leader_id
@@ -152,7 +152,7 @@ class Partition:
         """No live in-sync replica leads the partition (or this broker is no replica of it): serve nothing."""
         if self.role is Role.NONE and self.leader_epoch == epoch:
             return
-        self._fail_commit_acks()
+        self._fail_acks()
         self.role = Role.NONE
         self.leader_epoch = max(self.leader_epoch, epoch)
         self.leader_id = None
@@ -165,7 +165,7 @@ class Partition:
         if self.role is not Role.LEADER:
             return
         log.warning("%s: stepping down from epoch %d: %s", self.key, self.leader_epoch, why)
-        self._fail_commit_acks()
+        self._fail_acks()
         self.role = Role.NONE
         self.leader_id = None
         self.isr = None
@@ -305,7 +305,7 @@ class Partition:
 
     def ack_when_flushed(self, offset: int, pending: AckWaiter) -> None:
         """Have `pending` released once `offset` is fsynced on this replica (acks=1 in a cluster); nothing is queued
-        when it already is."""
+        when it already is. It fails with NOT_LEADER_OR_FOLLOWER if this replica stops leading first."""
         self._check_waitable()
         if self.log.flushed_offset <= offset:
             self._flush_acks.add(offset, pending)
@@ -318,15 +318,19 @@ class Partition:
         if self._high_watermark <= offset:
             self._commit_acks.add(offset, pending)
 
-    def _fail_commit_acks(self) -> None:
-        if len(self._commit_acks):
-            self._commit_acks.fail_all(
-                PikafkaError(
-                    ErrorCode.NOT_LEADER_OR_FOLLOWER,
-                    f"broker {self.broker_id} stopped leading {self.key} (epoch {self.leader_epoch}) before the "
-                    "records were replicated; retry against the new leader",
-                )
+    def _fail_acks(self) -> None:
+        """The role or epoch changes: no produce still waiting here is answered with success any more. A follower
+        may truncate the records (acks=1 waits would then be released by other records at the same offsets), and an
+        acks=all wait was for this leader's epoch; the producer retries, and its sequence numbers make the retry of a
+        record that did survive come back with the original offsets."""
+        if len(self._commit_acks) or len(self._flush_acks):
+            error = PikafkaError(
+                ErrorCode.NOT_LEADER_OR_FOLLOWER,
+                f"broker {self.broker_id} stopped leading {self.key} (epoch {self.leader_epoch}) before the records "
+                "were acknowledged; retry against the new leader",
             )
+            self._commit_acks.fail_all(error)
+            self._flush_acks.fail_all(error)
 
     async def wait_flushed_to(self, end: int) -> None:
         """Return once everything below `end` (or below the log end, should a truncation cut it) is fsynced."""

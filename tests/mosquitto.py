@@ -212,8 +212,11 @@ def bridge_factory_fixture() -> Iterator[type[BridgeProcess]]:
     made: list[BridgeProcess] = []
 
     class Factory(BridgeProcess):
-        def __post_init__(self) -> None:
+        # Registered on start, not in __post_init__: the dataclass __init__ of BridgeProcess (which has no
+        # __post_init__) never calls one a subclass adds, so bridges used to outlive their tests.
+        def start(self) -> None:
             made.append(self)
+            super().start()
 
     yield Factory
     for b in made:
