@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Sequence
-from types import TracebackType
 from typing import Any
 
 from aiocoap.numbers.codes import Code
@@ -15,6 +14,7 @@ from aiocoap.numbers.codes import Code
 from clients.group_member import GroupMember, GroupSettings
 from clients.metadata import STALE_METADATA_ERRORS, ClusterMetadata
 from clients.records import ConsumerRecord, TopicPartition
+from clients.start_stop import StartStopContext
 from clients.transport import BrokerAddress, CoapTransport, parse_bootstrap
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import DEFAULT_FETCH_MAX_BYTES, DEFAULT_PORT, MAX_WAIT_MS
@@ -26,7 +26,7 @@ DEFAULT_BOOTSTRAP = f"coap://127.0.0.1:{DEFAULT_PORT}"
 OFFSET_RESET_POLICIES = ("earliest", "latest", "none")
 
 
-class Consumer:
+class Consumer(StartStopContext):
     """Read records from pikafka topics.
 
     Without ``assign()`` the consumer reads every partition of the topics it was given. A partition without a
@@ -159,15 +159,6 @@ class Consumer:
             await self._group.leave()
         if self._started:
             await self._transport.close()
-
-    async def __aenter__(self) -> Consumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _stop_fetches(self) -> None:
         for task in self._fetches.values():

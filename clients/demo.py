@@ -27,6 +27,7 @@ from clients.admin import Admin
 from clients.cluster_view import fetch_cluster_view, format_cluster_table
 from clients.consumer import Consumer
 from clients.producer import Producer
+from pikafka.background_task import cancel_and_wait
 from pikafka.errors import ErrorCode, PikafkaError
 
 SENSORS = ("greenhouse-1", "greenhouse-2", "shed")
@@ -161,9 +162,7 @@ async def run(url: str, replication: int, seconds: float) -> tuple[int, int]:
         stop.set()
         await asyncio.gather(*sensors)
     await asyncio.sleep(1.0)  # the consumer's last long poll picks up the final readings
-    consumer_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await consumer_task
+    await cancel_and_wait(consumer_task)
     print()
     print(format_cluster_table(await fetch_cluster_view(url)))
     return sent[0], received[0]

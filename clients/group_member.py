@@ -21,6 +21,7 @@ from aiocoap.numbers.codes import Code
 
 from clients.records import TopicPartition
 from clients.transport import BrokerAddress, BrokerUnreachableError, CoapTransport, request_first_reachable
+from pikafka.background_task import cancel_and_wait
 from pikafka.errors import ErrorCode, PikafkaError
 
 log = logging.getLogger(__name__)
@@ -233,11 +234,8 @@ class GroupMember:
             raise
 
     async def leave(self) -> None:
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeats
-            self._heartbeats = None
+        await cancel_and_wait(self._heartbeats)
+        self._heartbeats = None
         if self.member_id:
             with contextlib.suppress(PikafkaError):
                 await self.request("leave", {"member_id": self.member_id}, timeout_s=min(self._timeout_s, 3.0))

@@ -8,7 +8,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 from aiocoap.numbers.codes import Code
@@ -17,6 +16,7 @@ from clients.accumulator import ProducerBatch, RecordAccumulator
 from clients.metadata import STALE_METADATA_ERRORS, ClusterMetadata
 from clients.partitioner import StickyPartitioner, cached_partition_for_key
 from clients.records import RecordMetadata, TopicPartition
+from clients.start_stop import StartStopContext
 from clients.transport import MAX_REQUEST_BYTES, BrokerAddress, CoapTransport, parse_bootstrap
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import ACKS_ALL, ACKS_LEADER, ACKS_NONE, DEFAULT_PORT
@@ -34,7 +34,7 @@ _REQUEST_OVERHEAD = 64
 _ANSWER_MARGIN_S = 2.0
 
 
-class Producer:
+class Producer(StartStopContext):
     """Send records to pikafka topics.
 
     ``acks``: 0 (fire and forget, futures resolve with offset -1), 1 (the leader wrote it durably) or -1 / "all"
@@ -127,15 +127,6 @@ class Producer:
                 await asyncio.gather(*self._requests, return_exceptions=True)
             self._accumulator.fail_all(PikafkaError(ErrorCode.BROKER_NOT_AVAILABLE, "producer stopped"))
             await self._transport.close()
-
-    async def __aenter__(self) -> Producer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @property
     def producer_id(self) -> int:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import aiocoap
@@ -24,6 +23,7 @@ from aiocoap.numbers.codes import Code
 
 from clients.metadata import ClusterMetadata
 from clients.records import ConsumerRecord, TopicPartition
+from clients.start_stop import StartStopContext
 from clients.transport import BrokerAddress, CoapTransport, parse_bootstrap
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.records import decode_records, iter_batches
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 _FETCH_MAX_BYTES = 1024 * 1024
 
 
-class PushSubscriber:
+class PushSubscriber(StartStopContext):
     """`async with PushSubscriber("readings", bootstrap=url) as s: async for record in s: ...`
 
     `start`: "earliest" (the log start), "latest" (records committed from now on) or {partition: offset}."""
@@ -96,15 +96,6 @@ class PushSubscriber:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self._transport.close()
-
-    async def __aenter__(self) -> PushSubscriber:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def __aiter__(self) -> PushSubscriber:
         return self

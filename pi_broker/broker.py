@@ -13,7 +13,6 @@ followers fetch with a replica id (ReplicaFetchServer); topic creation and delet
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -34,6 +33,7 @@ from pi_broker.partition import Partition, Role, TopicPartition
 from pi_broker.pending_acks import PendingProduce
 from pi_broker.topic_registry import TopicRegistry, TopicSpec
 from pikafka.atomic_file import read_json, write_json_atomic
+from pikafka.background_task import cancel_and_wait
 from pikafka.config_file import ConfigError
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import ACKS_ALL, ACKS_NONE, MAX_PARTITIONS, check_topic_name
@@ -149,11 +149,8 @@ class Broker:
 
     async def close(self) -> None:
         """Flush everything written and close every log."""
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-            self._retention_task = None
+        await cancel_and_wait(self._retention_task)
+        self._retention_task = None
         if self._started:
             await self._group_commit.stop()
             self._started = False

@@ -23,6 +23,7 @@ from aiocoap.numbers.codes import Code
 
 from pi_broker.config import parse_coap_address
 from pi_broker.peer_client import PeerClient
+from pikafka.background_task import cancel_and_wait
 from pikafka.errors import ErrorCode, PikafkaError
 
 if TYPE_CHECKING:
@@ -56,11 +57,8 @@ class ClusterLink:
         self._task = asyncio.create_task(self._run(), name="cluster-link")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def refresh_metadata_soon(self) -> None:
         """Heartbeat now rather than at the next interval: the answer brings a newer snapshot if there is one."""

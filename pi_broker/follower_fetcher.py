@@ -25,6 +25,7 @@ from aiocoap.numbers.codes import Code
 from pi_broker.group_commit import GroupCommit
 from pi_broker.log.leader_epoch_cache import UNDEFINED_EPOCH
 from pi_broker.partition import Partition, Role, TopicPartition
+from pikafka.background_task import cancel_and_wait
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.records import CorruptBatchError, iter_batches
 
@@ -86,11 +87,8 @@ class FollowerFetcher:
         self._task = asyncio.create_task(self._run(), name=f"follow-broker-{self.leader_id}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def add(self, partition: Partition, epoch: int) -> None:
         self._followed[partition.key] = _Followed(partition, epoch)

@@ -30,6 +30,7 @@ from pi_zookeeper.resources import build_site
 from pi_zookeeper.state import ClusterState
 from pi_zookeeper.status_line import zookeeper_status
 from pi_zookeeper.store import StateFileError, StateStore
+from pikafka.background_task import cancel_and_wait
 from pikafka.config_file import ConfigError, flag_overrides, read_toml
 from pikafka.journal_logging import setup_logging
 from pikafka.lifecycle import run_service
@@ -164,10 +165,7 @@ class ZookeeperService:
         return "starting" if self.coordinator is None else zookeeper_status(self.coordinator.state)
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await cancel_and_wait(self._ticker)
         if self.coordinator is not None:
             try:
                 self.coordinator.save_now()

@@ -21,6 +21,7 @@ from clients.mqtt_bridge.config import BridgeConfig
 from clients.mqtt_bridge.routes import LOOP_PROPERTY, FromMqttRoute, topic_matches
 from clients.producer import Producer
 from clients.records import RecordMetadata
+from pikafka.background_task import cancel_and_wait
 from pikafka.errors import PikafkaError
 from pikafka.records import Header
 
@@ -76,9 +77,7 @@ class FromMqtt:
                 self._awaiting.append(received)
                 self._progress.set()
         finally:
-            acker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await acker
+            await cancel_and_wait(acker)
 
     async def drain(self) -> None:
         """At stop: deliver what was produced and PUBACK it (what never reached pikafka is redelivered by MQTT)."""

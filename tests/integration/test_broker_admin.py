@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from aiocoap import Code
 
 from pikafka.errors import ErrorCode
 from pikafka.protocol import CT_JSON, CT_LINK_FORMAT
-from tests.integration.broker_coap import connect
-
-
-@pytest.fixture
-async def client(broker):
-    client = await connect(broker.port)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_topic_round_trip_cbor(client, broker):

@@ -8,21 +8,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 from aiocoap import Code
 
 from pikafka.records import Record, encode_batch
 from tests.conftest import REPO, free_port
-from tests.integration.broker_coap import connect
-
-
-@pytest.fixture
-async def client(broker):
-    client = await connect(broker.port)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_kill9_keeps_every_acknowledged_record(client, broker):

@@ -6,21 +6,10 @@ import asyncio
 import time
 
 import cbor2
-import pytest
 from aiocoap import Code, Message, Unreliable
 
 from pikafka.errors import ErrorCode
 from pikafka.records import Record, decode_records, encode_batch, iter_batches
-from tests.integration.broker_coap import connect
-
-
-@pytest.fixture
-async def client(broker):
-    client = await connect(broker.port)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_produce_then_fetch_round_trip(client):

@@ -13,18 +13,8 @@ from aiocoap import Code, Message
 from pikafka.errors import ErrorCode
 from pikafka.protocol import CT_JSON, CT_TEXT
 from pikafka.records import decode_records, iter_batches
-from tests.integration.broker_coap import connect
 
 COAP_CLIENT = shutil.which("coap-client-notls") or "/usr/bin/coap-client-notls"
-
-
-@pytest.fixture
-async def client(broker):
-    client = await connect(broker.port)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def test_put_then_get_latest(client):

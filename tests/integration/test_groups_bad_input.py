@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import cbor2
 import pytest
-from aiocoap import Code, Context
+from aiocoap import Code
 
 from pikafka.errors import ErrorCode
 from tests.integration.broker_coap import BrokerClient
-
-
-@pytest.fixture
-async def client(broker):
-    c = BrokerClient(await Context.create_client_context(), broker.port)
-    yield c
-    await c.close()
 
 
 async def _create_topic(client: BrokerClient, name: str, partitions: int = 2) -> None:
