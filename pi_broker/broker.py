@@ -636,7 +636,7 @@ def _require_enough_replicas(partition: Partition, *, after_append: bool = False
     if len(isr) < needed:
         when = "after the append" if after_append else "so nothing was appended"
         raise PikafkaError(
-            ErrorCode.NOT_ENOUGH_REPLICAS,
+            ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND if after_append else ErrorCode.NOT_ENOUGH_REPLICAS,
             f"{partition.key} has {len(isr)} in-sync replica(s) {list(isr)}, min_insync_replicas is {needed} ({when})",
         )
 

@@ -48,6 +48,11 @@ class ErrorCode(Enum):
     STORAGE_ERROR = ErrorSpec(_c(5, 0), True, "the broker could not read or write its log")
     UNKNOWN_SERVER_ERROR = ErrorSpec(_c(5, 0), False, "an unexpected error inside the service")
     NOT_ENOUGH_REPLICAS = ErrorSpec(_c(5, 3), True, "fewer in-sync replicas than min_insync_replicas")
+    # Kafka's distinction: the records were appended before the ISR shrank, so they may still be read (never as
+    # acknowledged); NOT_ENOUGH_REPLICAS itself always means nothing was appended.
+    NOT_ENOUGH_REPLICAS_AFTER_APPEND = ErrorSpec(
+        _c(5, 3), True, "written, but the ISR shrank below min_insync_replicas before the records were replicated"
+    )
     BROKER_NOT_AVAILABLE = ErrorSpec(_c(5, 3), True, "the broker is starting or stopping")
     REQUEST_TIMED_OUT = ErrorSpec(_c(5, 4), True, "the request did not complete within its timeout")
     # Consumer groups (docs/groups.md): the retriable ones tell a member to find the coordinator again or rejoin.
