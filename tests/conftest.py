@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,18 +22,31 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.cluster_fixtures"]
 
 
+def _ephemeral_ports() -> range:
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
 def free_port() -> int:
-    """A port free on loopback for both UDP and TCP (the broker binds both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
+    """A port free on loopback for both UDP and TCP (the broker binds both), chosen below the kernel's ephemeral
+    range: a port the kernel handed out (to bind(0) or to any client socket's source) can be handed out again to
+    some other socket between this check and the service binding it, which failed a CI run with EADDRINUSE."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(10_000, 30_000) if p not in ephemeral] or list(range(10_000, 30_000))
+    for port in random.sample(candidates, min(200, len(candidates))):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u,
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
+        ):
+            try:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     raise RuntimeError("no free port")
 
 
