@@ -1,0 +1,145 @@
+"""Where benchmark (b) over CoAP over TCP loses its time: prints figures, asserts nothing.
+
+    .venv/bin/python bench/durability_cost_bench.py             # 3 alternating rounds, about two minutes
+    .venv/bin/python bench/durability_cost_bench.py --rounds 1  # a smoke run
+
+Runs broker_bench's (b) (one record per request, 16 in flight, CoAP over TCP, default topic: acknowledged after the
+fsync) against the broker in three forms, and the bare aiocoap server beside them:
+
+- `fsync`: the broker as shipped;
+- `sleep`: every fsync replaced by a sleep of SLEEP_S, about what an fsync takes under this load: the same wait
+  for the producers, without any disk I/O;
+- `no-fsync`: every fsync replaced by nothing: the group-commit rounds, threads and acknowledgement queues all
+  still run, with no wait.
+
+The last two are diagnostics made by patching the broker process this script starts; nothing in the product can
+turn its fsyncs off. For each it prints the rate, the ratio to the bare server, the client's and the broker's CPU
+per request, and the interrupts per request on the whole machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiocoap
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse broker_bench as a module
+from broker_bench import free_port, rate_in_flight, start_bare, stop, wait_port
+
+from clients import Admin
+
+REPO = Path(__file__).resolve().parent.parent
+SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks.md)
+MODES = ("fsync", "sleep", "no-fsync")
+REQUESTS = 4000
+
+
+def serve(mode: str, argv: list[str]) -> int:
+    """In the broker process: replace fsync as `mode` says, then run the broker as `pi-broker` would."""
+    import pi_broker.log.flush_ticket as flush_ticket
+    from pi_broker.service import main
+
+    if mode != "fsync":
+
+        def fake_fsync(fd: int) -> None:
+            if mode == "sleep":
+                time.sleep(SLEEP_S)
+
+        class PatchedOs:
+            """os for flush_ticket, with fsync replaced; everything else (dup, close) is the real one."""
+
+            fsync = staticmethod(fake_fsync)
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(os, name)
+
+        flush_ticket.os = PatchedOs()  # type: ignore[assignment]
+    return main(argv)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def interrupts() -> int:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("intr "):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Sample:
+    rate: float
+    client_us: float  # client CPU per request
+    server_us: float  # broker (or bare server) CPU per request, all threads
+    interrupts: float  # interrupts per request, whole machine
+
+
+async def measure(ctx: aiocoap.Context, port: int, pid: int) -> Sample:
+    uri = f"coap+tcp://127.0.0.1:{port}/produce"
+    await rate_in_flight(ctx, uri, "single", 300)  # warm-up
+    me = os.getpid()
+    c0, s0, i0 = cpu_seconds(me), cpu_seconds(pid), interrupts()
+    rate = await rate_in_flight(ctx, uri, "single", REQUESTS)
+    c1, s1, i1 = cpu_seconds(me), cpu_seconds(pid), interrupts()
+    return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS)
+
+
+async def broker_sample(ctx: aiocoap.Context, mode: str) -> Sample:
+    with tempfile.TemporaryDirectory(prefix="pikafka-bench-durability-") as tmp:
+        port = free_port()
+        cmd = [sys.executable, __file__, "--serve", mode, "--id", "1", "--bind", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen([*cmd, "--data-dir", tmp], cwd=REPO, stdout=subprocess.DEVNULL)
+        try:
+            wait_port(port, proc)
+            admin = Admin(bootstrap=f"coap://127.0.0.1:{port}")
+            await admin.create_topic("single", partitions=1, replication_factor=1)
+            await admin.close()
+            return await measure(ctx, port, proc.pid)
+        finally:
+            stop(proc)
+
+
+async def main(rounds: int) -> None:
+    ctx = await aiocoap.Context.create_client_context()
+    bare_port = free_port()
+    bare = start_bare(bare_port)
+    samples: dict[str, list[Sample]] = {name: [] for name in ("bare", *MODES)}
+    try:
+        for _ in range(rounds):
+            # Alternating spreads the machine's drift over every form; each broker starts fresh.
+            samples["bare"].append(await measure(ctx, bare_port, bare.pid))
+            for mode in MODES:
+                samples[mode].append(await broker_sample(ctx, mode))
+    finally:
+        await ctx.shutdown()
+        stop(bare)
+    bare_rate = statistics.median(s.rate for s in samples["bare"])
+    print(f"(b) over CoAP over TCP, {REQUESTS:,} requests, 16 in flight, medians of {rounds} alternating rounds")
+    for name, got in samples.items():
+        rate = statistics.median(s.rate for s in got)
+        print(
+            f"  {name:9s} {rate:6,.0f} req/s  ratio {rate / bare_rate:.2f}  "
+            f"client {statistics.median(s.client_us for s in got):4.0f} us/req  "
+            f"server {statistics.median(s.server_us for s in got):4.0f} us/req  "
+            f"interrupts {statistics.median(s.interrupts for s in got):.1f}/req"
+        )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--serve":
+        sys.exit(serve(sys.argv[2], sys.argv[3:]))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    asyncio.run(main(parser.parse_args().rounds))
