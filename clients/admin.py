@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 from aiocoap.numbers.codes import Code
 
+from clients.start_stop import StartStopContext
 from clients.transport import (
     BrokerAddress,
     BrokerUnreachableError,
@@ -22,7 +22,7 @@ from pikafka.protocol import DEFAULT_PORT, INTERNAL_PREFIX, check_topic_name
 DEFAULT_BOOTSTRAP = f"coap://127.0.0.1:{DEFAULT_PORT}"
 
 
-class Admin:
+class Admin(StartStopContext):
     """Answers come back as the broker sent them (see docs/protocol.md for their fields).
 
     Use as `async with Admin(url) as admin:`, or call methods directly and `await admin.close()` at the end."""
@@ -38,13 +38,8 @@ class Admin:
     async def close(self) -> None:
         await self._transport.close()
 
-    async def __aenter__(self) -> Admin:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def stop(self) -> None:
+        """close(), under the name `async with` (StartStopContext) calls at the end."""
         await self.close()
 
     async def _request(self, method: Code, path: str, body: Any = None) -> Any:

@@ -28,6 +28,16 @@ def pending(value: object = "ok", **kwargs: object) -> PendingProduce[object]:
     return PendingProduce(value, on_timeout=timed_out, **kwargs)  # type: ignore[arg-type]
 
 
+def armed_over_two_partitions() -> tuple[AckQueue, AckQueue, Outcomes]:
+    """One request waiting at offset 3 of a first partition and offset 7 of a second."""
+    first, second = AckQueue(), AckQueue()
+    request, outcome = pending(), Outcomes()
+    first.add(3, request)
+    second.add(7, request)
+    request.arm(10, outcome)
+    return first, second, outcome
+
+
 async def test_a_bound_releases_exactly_the_offsets_below_it() -> None:
     queue = AckQueue()
     outcomes = [Outcomes() for _ in range(3)]
@@ -43,11 +53,7 @@ async def test_a_bound_releases_exactly_the_offsets_below_it() -> None:
 
 
 async def test_a_request_over_two_partitions_waits_for_both() -> None:
-    first, second = AckQueue(), AckQueue()
-    request, outcome = pending(), Outcomes()
-    first.add(3, request)
-    second.add(7, request)
-    request.arm(10, outcome)
+    first, second, outcome = armed_over_two_partitions()
     first.release_below(4)
     assert outcome.seen == []
     second.release_below(8)
@@ -55,11 +61,7 @@ async def test_a_request_over_two_partitions_waits_for_both() -> None:
 
 
 async def test_an_error_on_one_partition_fails_the_request_once() -> None:
-    first, second = AckQueue(), AckQueue()
-    request, outcome = pending(), Outcomes()
-    first.add(3, request)
-    second.add(7, request)
-    request.arm(10, outcome)
+    first, second, outcome = armed_over_two_partitions()
     error = PikafkaError(ErrorCode.STORAGE_ERROR, "fsync failed")
     first.fail_all(error)
     second.release_below(100)
