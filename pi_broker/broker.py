@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pi_broker.cluster_metadata import MetadataSnapshot
 from pi_broker.config import BrokerConfig
+from pi_broker.fsync_placement import FsyncPlacement
 from pi_broker.group_commit import GroupCommit
 from pi_broker.log.partition_log import PartitionLog
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
@@ -116,7 +117,7 @@ class Broker:
         self.topic_admin: TopicAdmin | None = None  # set by the service on a clustered broker
         self._topics: dict[str, Topic] = {}
         self._deleting: set[str] = set()
-        self._group_commit = GroupCommit()
+        self._group_commit = GroupCommit(placement=FsyncPlacement(config.loop_fsync_max_ms / 1000))
         self._retention_task: asyncio.Task[None] | None = None
         self._started = False
         self._lock_fd: int | None = None

@@ -13,6 +13,7 @@ rack = "shelf-2"
 replica_lag_time_max_ms = 3000         # an in-sync follower not caught up for this long leaves the ISR
 replica_fetch_wait_ms = 500            # long-poll wait of a follower's fetch
 replica_fetch_max_bytes = 1048576      # per follower fetch, across partitions
+loop_fsync_max_ms = 2                  # the loop fsyncs itself while recent fsyncs average at most this; 0: never
 
 [topic_defaults]          # settings for topics created without them (pikafka.topic_config.TopicConfig)
 retention_ms = 604800000
@@ -64,6 +65,9 @@ class BrokerConfig:
     replica_lag_time_max_ms: int = 3000
     replica_fetch_wait_ms: int = 500
     replica_fetch_max_bytes: int = 1024 * 1024
+    # The event loop fsyncs group-commit rounds itself, saving the hand-off to a thread, while recent fsyncs took at
+    # most this long on average; 0: always on the fsync threads (pi_broker/fsync_placement.py).
+    loop_fsync_max_ms: int = 2
 
     def check(self) -> None:
         if not 0 <= self.broker_id <= 2**31 - 1:
@@ -92,6 +96,8 @@ class BrokerConfig:
             raise ConfigError("replica_fetch_wait_ms must be smaller than replica_lag_time_max_ms")
         if not 1024 <= self.replica_fetch_max_bytes <= 16 * 1024 * 1024:
             raise ConfigError("replica_fetch_max_bytes must be between 1 KiB and 16 MiB")
+        if not 0 <= self.loop_fsync_max_ms <= 1000:
+            raise ConfigError("loop_fsync_max_ms must be between 0 and 1000")
 
 
 # TOML key -> the Python type it must have (bool is excluded from int on purpose).
@@ -109,6 +115,7 @@ _FILE_KEYS: dict[str, type] = {
     "replica_lag_time_max_ms": int,
     "replica_fetch_wait_ms": int,
     "replica_fetch_max_bytes": int,
+    "loop_fsync_max_ms": int,
 }
 
 
@@ -149,6 +156,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replica-lag-time-max-ms", type=int, help="ISR lag limit (default 3000)")
     parser.add_argument("--replica-fetch-wait-ms", type=int, help="follower long-poll wait (default 500)")
     parser.add_argument("--replica-fetch-max-bytes", type=int, help="bytes per follower fetch (default 1 MiB)")
+    parser.add_argument(
+        "--loop-fsync-max-ms",
+        type=int,
+        help="fsync on the event loop while recent fsyncs average at most this (default 2; 0: always on a thread)",
+    )
     return parser
 
 
@@ -171,6 +183,7 @@ def load_config(argv: Sequence[str] | None = None) -> BrokerConfig:
             "replica_lag_time_max_ms",
             "replica_fetch_wait_ms",
             "replica_fetch_max_bytes",
+            "loop_fsync_max_ms",
         ),
     )
     if args.log_level is not None:

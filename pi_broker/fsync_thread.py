@@ -1,4 +1,4 @@
-"""FsyncThreads: the threads that run the group commit's fsyncs, so the event loop never blocks on the disk.
+"""FsyncThreads: the threads that run the group commit's fsyncs, so the event loop need not block on the disk.
 
 An SD card takes milliseconds per fsync; the loop must keep serving meanwhile. Dedicated threads (rather than
 asyncio.to_thread) hand each finished round straight back to a loop callback with one call_soon_threadsafe, instead
@@ -14,6 +14,9 @@ There is one thread per round the group commit lets run at once (two): the secon
 first is still in the kernel instead of after a round trip through the loop. A helper process instead of threads
 (no GIL shared) measured no faster on a 2-core machine (2,484 against 2,450 one-record produces/s), so threads it is:
 no second interpreter's memory, nothing to reap.
+
+On a fast disk the group commit fsyncs on the loop's own thread instead (fsync_placement.py): `sync_here` runs a
+round exactly as a thread would, timed the same way, and leaves it in `finished` for the caller to collect.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -29,7 +33,8 @@ from pi_broker.log.flush_ticket import FlushTicket
 
 log = logging.getLogger(__name__)
 
-FinishedRound = tuple[int, Sequence[FlushTicket], list[Exception | None]]
+# (round id, its tickets, one error or None per ticket, seconds its fsyncs took)
+FinishedRound = tuple[int, Sequence[FlushTicket], list[Exception | None], float]
 
 _STOP = None
 
@@ -52,9 +57,14 @@ class FsyncThreads:
             thread.start()
 
     def submit(self, round_id: int, tickets: Sequence[FlushTicket]) -> None:
-        """fsync every ticket on a thread; the round then appears in `finished` as (round_id, tickets, errors), one
-        error per ticket (None for a ticket that synced), and `on_done()` is scheduled on the loop."""
+        """fsync every ticket on a thread; the round then appears in `finished` as (round_id, tickets, errors,
+        seconds), one error per ticket (None for a ticket that synced), and `on_done()` is scheduled on the loop."""
         self._jobs.put((round_id, tickets))
+
+    def sync_here(self, round_id: int, tickets: Sequence[FlushTicket]) -> None:
+        """fsync every ticket on the calling thread (the loop's); the round is in `finished` on return, and no
+        `on_done()` is scheduled: the caller collects it."""
+        self.finished.append(_sync_round(round_id, tickets))
 
     def stop(self) -> None:
         """Let the threads finish what they were given and exit (the caller waited for the last round first)."""
@@ -68,8 +78,7 @@ class FsyncThreads:
             job = self._jobs.get()
             if job is _STOP:
                 return
-            round_id, tickets = job
-            self.finished.append((round_id, tickets, _sync_all(tickets)))
+            self.finished.append(_sync_round(*job))
             try:
                 self._loop.call_soon_threadsafe(self._on_done)
             except RuntimeError:
@@ -77,8 +86,9 @@ class FsyncThreads:
                 return
 
 
-def _sync_all(tickets: Sequence[FlushTicket]) -> list[Exception | None]:
-    """fsync every ticket, collecting failures rather than stopping at the first."""
+def _sync_round(round_id: int, tickets: Sequence[FlushTicket]) -> FinishedRound:
+    """fsync every ticket, collecting failures rather than stopping at the first, and time it all."""
+    started = time.monotonic()
     errors: list[Exception | None] = []
     for ticket in tickets:
         try:
@@ -86,4 +96,4 @@ def _sync_all(tickets: Sequence[FlushTicket]) -> list[Exception | None]:
             errors.append(None)
         except Exception as exc:  # OSError from the disk; anything else is a bug that must not hang producers
             errors.append(exc)
-    return errors
+    return round_id, tickets, errors, time.monotonic() - started

@@ -1,4 +1,8 @@
-"""Crash and shutdown: kill -9 loses no acknowledged record and wipes nothing; SIGTERM exits 0 quickly."""
+"""Crash and shutdown: kill -9 loses no acknowledged record and wipes nothing; SIGTERM exits 0 quickly.
+
+Every test runs twice: with the group commit's fsyncs on the fsync threads, and on the event loop (where a broker on
+a fast disk puts them once it has timed 16 rounds; pi_broker/fsync_placement.py).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,34 @@ import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from aiocoap import Code
 
 from pikafka.records import Record, encode_batch
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, BrokerProcess, free_port
+
+ON_LOOP = "fsyncs move to the event loop"
+
+
+@pytest.fixture(params=["threads", "loop"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
+    # 0: never on the loop; 1000: on the loop as soon as 16 rounds were timed, whatever the disk
+    budget_ms = "0" if request.param == "threads" else "1000"
+    b = BrokerProcess(
+        data_dir=tmp_path / "broker-data",
+        port=free_port(),
+        log_path=tmp_path / "broker.log",
+        extra_args=["--loop-fsync-max-ms", budget_ms],
+    )
+    b.start()
+    try:
+        yield b
+    finally:
+        if b.alive():
+            b.terminate()
 
 
 async def test_kill9_keeps_every_acknowledged_record(client, broker):
@@ -29,6 +56,8 @@ async def test_kill9_keeps_every_acknowledged_record(client, broker):
     assert all(r.code == Code.CHANGED for r in replies)
     acknowledged[0].extend(sorted(values, key=lambda v: int(v.split(b"-")[1])))
     before = (await client.request(Code.GET, "/topics/durable")).body["partitions"]
+    # Which path those acknowledgements took: the loop's own fsyncs, or only the threads'.
+    assert (ON_LOOP in broker.log_path.read_text()) == (broker.extra_args[-1] != "0")
 
     broker.kill9()
     broker.start()

@@ -18,6 +18,14 @@ def test_defaults_and_flags(tmp_path: Path):
     assert (config.broker_id, config.bind, config.port, config.data_dir) == (3, "127.0.0.1", 6000, tmp_path)
     assert config.max_request_bytes == 4 * 1024 * 1024
     assert config.retention_check_interval_ms == 300_000
+    assert config.loop_fsync_max_ms == 2
+
+
+def test_loop_fsync_budget_from_file_and_flag(tmp_path: Path):
+    path = tmp_path / "broker.toml"
+    path.write_text("loop_fsync_max_ms = 5\n")
+    assert load_config(["--config", str(path)]).loop_fsync_max_ms == 5
+    assert load_config(["--config", str(path), "--loop-fsync-max-ms", "0"]).loop_fsync_max_ms == 0
 
 
 def test_file_then_flags_override(tmp_path: Path):
@@ -42,6 +50,8 @@ def test_file_then_flags_override(tmp_path: Path):
         ("[topic_defaults]\nretention_ms = 0\n", "retention_ms"),
         ("[topic_defaults]\nshade = 1\n", "unknown topic setting"),
         ("port = \n", "Invalid value"),
+        ("loop_fsync_max_ms = -1\n", "loop_fsync_max_ms must be between 0 and 1000"),
+        ("loop_fsync_max_ms = 1.5\n", "loop_fsync_max_ms must be an integer"),
     ],
 )
 def test_bad_file_is_a_one_line_error(tmp_path: Path, text: str, fragment: str):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
 from pi_broker.broker import Broker
 from pi_broker.config import BrokerConfig
+from pi_broker.fsync_placement import FsyncPlacement
+from pi_broker.group_commit import GroupCommit
 from pi_broker.log.flush_ticket import FlushTicket
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
 from pikafka.errors import ErrorCode, PikafkaError
@@ -29,6 +32,21 @@ def values_of(records: bytes) -> list[bytes | None]:
     return [r.value for _, b in iter_batches(records) for r in decode_records(b)]
 
 
+def place_fsyncs(broker: Broker, where: str) -> None:
+    """Where the broker's group commit fsyncs: "threads" always, or "loop" from its first timed round on."""
+    if where == "threads":
+        broker._group_commit.placement = FsyncPlacement(0.0)
+    else:
+        broker._group_commit.placement = FsyncPlacement(1.0, min_samples=1)
+
+
+async def warm_up(broker: Broker, where: str) -> None:
+    """One produce, so that a broker told to fsync on the loop has timed the round it needs to start doing so."""
+    broker.create_topic(CreateTopicRequest("warm-up", 1, 1, {}))
+    await broker.produce(produce_request("warm-up", b"w"))
+    assert broker._group_commit.placement.on_loop == (where == "loop")
+
+
 @pytest.fixture
 async def broker(tmp_path: Path):
     broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
@@ -40,24 +58,107 @@ async def broker(tmp_path: Path):
         await broker.close()
 
 
-async def test_concurrent_produces_share_fsync_rounds(broker: Broker):
+@pytest.fixture(params=["threads", "loop"])
+async def placed_broker(request: pytest.FixtureRequest, tmp_path: Path):
+    """A broker whose fsyncs run on the threads, or on the event loop, warmed up so that they already do."""
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    place_fsyncs(broker, request.param)
+    broker.open()
+    broker.start()
+    try:
+        await warm_up(broker, request.param)
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def test_concurrent_produces_share_fsync_rounds(placed_broker: Broker):
+    broker = placed_broker
     broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+    rounds_before = broker._group_commit.rounds
     results = await asyncio.gather(*(broker.produce(produce_request("t", f"{i}".encode())) for i in range(50)))
     assert sorted(r[0].base_offset for r in results) == list(range(50))
-    assert broker._group_commit.rounds < 50  # many acks per fsync
+    assert broker._group_commit.rounds - rounds_before < 50  # many acks per fsync
     fetched = await broker.fetch(fetch_request("t"))
     assert fetched[0].high_watermark == 50 and len(values_of(fetched[0].records)) == 50
 
 
-async def test_an_acknowledged_produce_is_already_fsynced(broker: Broker):
+@pytest.mark.parametrize("where", ["threads", "loop"])
+async def test_requests_arriving_while_a_round_waits_share_its_fsync(tmp_path: Path, where: str):
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    # A long linger, so that only "no new requests in the last loop iteration" can start the round.
+    broker._group_commit = GroupCommit(max_linger_s=30.0)
+    place_fsyncs(broker, where)
+    broker.open()
+    broker.start()
+    try:
+        # A lone request waits one empty loop iteration, not the linger.
+        await asyncio.wait_for(warm_up(broker, where), timeout=10)
+        broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+
+        async def produce_after(iterations: int) -> None:
+            for _ in range(iterations):
+                await asyncio.sleep(0)  # one loop iteration each, as requests read one after another would be
+            await broker.produce(produce_request("t", f"{iterations}".encode()))
+
+        rounds = broker._group_commit.rounds
+        await asyncio.wait_for(asyncio.gather(*(produce_after(i) for i in range(8))), timeout=10)
+        assert broker._group_commit.rounds - rounds == 1
+    finally:
+        await broker.close()
+
+
+async def test_an_acknowledged_produce_is_already_fsynced(placed_broker: Broker):
+    broker = placed_broker
+    on_loop = broker._group_commit.placement.on_loop
+    rounds_on_loop = broker._group_commit.rounds_on_loop
     broker.create_topic(CreateTopicRequest("t", 2, 1, {}))
     for i in range(20):
         (result,) = await broker.produce(produce_request("t", f"{i}".encode(), partition=i % 2))
         partition = broker._topic("t").partitions[i % 2]
         assert partition.log.flushed_offset > result.last_offset
+    assert broker._group_commit.rounds_on_loop - rounds_on_loop == (20 if on_loop else 0)
 
 
-async def test_a_failed_fsync_answers_the_waiting_producers_with_storage_error(broker: Broker):
+async def test_a_stalled_fsync_on_the_loop_sends_later_rounds_to_the_threads(tmp_path: Path):
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    broker._group_commit.placement = FsyncPlacement(1.0, min_samples=1, stall_s=0.05, stall_hold_s=60.0)
+    broker.open()
+    broker.start()
+    try:
+        await warm_up(broker, "loop")
+        broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+        (partition,) = broker._topic("t").partitions
+        take_ticket = partition.log.flush_ticket
+
+        def stalling_ticket() -> FlushTicket:
+            # Fault injection: this one fsync takes 80 ms, as an SD card collecting its garbage would.
+            ticket = take_ticket()
+            real_sync = ticket.sync
+
+            def slow_sync() -> None:
+                time.sleep(0.08)
+                real_sync()
+
+            ticket.sync = slow_sync  # type: ignore[method-assign]
+            partition.log.flush_ticket = take_ticket  # type: ignore[method-assign]
+            return ticket
+
+        partition.log.flush_ticket = stalling_ticket  # type: ignore[method-assign]
+        rounds_on_loop = broker._group_commit.rounds_on_loop
+        await broker.produce(produce_request("t", b"stalled"))
+        assert broker._group_commit.rounds_on_loop == rounds_on_loop + 1  # the stalled round ran on the loop
+        assert not broker._group_commit.placement.on_loop
+        for i in range(5):
+            (result,) = await broker.produce(produce_request("t", f"{i}".encode()))
+            assert partition.log.flushed_offset > result.last_offset
+        assert broker._group_commit.rounds_on_loop == rounds_on_loop + 1  # the later ones on the threads
+    finally:
+        await broker.close()
+
+
+async def test_a_failed_fsync_answers_the_waiting_producers_with_storage_error(placed_broker: Broker):
+    broker = placed_broker
     broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
     await broker.produce(produce_request("t", b"durable"))
     (partition,) = broker._topic("t").partitions
@@ -82,10 +183,13 @@ async def test_a_failed_fsync_answers_the_waiting_producers_with_storage_error(b
     assert partition.high_watermark == 1  # consumers never saw what was not durable
 
 
-async def test_close_flushes_and_answers_producers_still_waiting(tmp_path: Path):
+@pytest.mark.parametrize("where", ["threads", "loop"])
+async def test_close_flushes_and_answers_producers_still_waiting(tmp_path: Path, where: str):
     broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    place_fsyncs(broker, where)
     broker.open()
     broker.start()
+    await warm_up(broker, where)
     broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
     waiting = [asyncio.create_task(broker.produce(produce_request("t", f"{i}".encode()))) for i in range(10)]
     await asyncio.sleep(0)  # every produce has appended and is waiting for its round

@@ -1,0 +1,94 @@
+"""FsyncPlacement: the loop fsyncs itself only while the disk has shown itself fast (a fake clock, no disk)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pi_broker.fsync_placement import FsyncPlacement
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def placement(clock: FakeClock, loop_max_s: float = 0.002) -> FsyncPlacement:
+    return FsyncPlacement(loop_max_s, min_samples=4, stall_s=0.05, stall_hold_s=60.0, clock=clock)
+
+
+def test_starts_on_the_threads_and_moves_to_the_loop_once_enough_fast_rounds_were_timed():
+    p = placement(FakeClock())
+    for _ in range(3):
+        p.record(0.0004)
+        assert not p.on_loop  # three rounds prove nothing yet
+    p.record(0.0004)
+    assert p.on_loop
+    assert p.mean_s == pytest.approx(0.0004)
+
+
+def test_a_slow_disk_stays_on_the_threads():
+    p = placement(FakeClock())
+    for _ in range(100):
+        p.record(0.008)  # an SD card
+    assert not p.on_loop
+
+
+def test_zero_budget_never_fsyncs_on_the_loop():
+    p = placement(FakeClock(), loop_max_s=0.0)
+    for _ in range(100):
+        p.record(0.00001)
+    assert not p.on_loop
+
+
+def test_a_stall_moves_rounds_to_the_threads_at_once_and_for_the_hold_time():
+    clock = FakeClock()
+    p = placement(clock)
+    for _ in range(10):
+        p.record(0.0004)
+    assert p.on_loop
+    p.record(0.3)  # one fsync held the loop for 300 ms
+    assert not p.on_loop
+    for _ in range(50):
+        clock.now += 1.0
+        p.record(0.0004)
+    assert not p.on_loop  # 50 s after the stall: still on the threads
+    clock.now += 11.0
+    p.record(0.0004)
+    assert p.on_loop
+
+
+def test_the_mean_must_pass_twice_the_budget_to_leave_the_loop():
+    p = placement(FakeClock())
+    for _ in range(10):
+        p.record(0.0005)
+    assert p.on_loop
+    for _ in range(100):
+        p.record(0.003)  # over the 2 ms budget, under twice it: not worth a move back and forth
+    assert p.on_loop
+    for _ in range(100):
+        p.record(0.006)
+    assert not p.on_loop
+    for _ in range(100):
+        p.record(0.003)
+    assert not p.on_loop  # and back only once the mean is within the budget again
+    for _ in range(100):
+        p.record(0.001)
+    assert p.on_loop
+
+
+def test_each_move_is_logged_once(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="pi_broker.fsync_placement")
+    p = placement(FakeClock())
+    for _ in range(20):
+        p.record(0.0004)
+    p.record(0.2)
+    p.record(0.2)
+    moves = [r.getMessage() for r in caplog.records]
+    assert len(moves) == 2, moves
+    assert moves[0].startswith("fsyncs move to the event loop")
+    assert moves[1].startswith("fsyncs move to the fsync threads: last round 200.0 ms")
