@@ -1,13 +1,16 @@
 """FsyncPlacement: whether the group commit fsyncs a round on the event loop's own thread or on an fsync thread.
 
-Handing a round to a thread and back costs the broker on every round: the thread is woken, the GIL passes back and
-forth while the thread returns from the fsync and reports, and appends the loop makes meanwhile to a file being
-fsynced wait in the kernel (on this ext4, one append in ten took over 28 µs and one in a hundred about 450 µs, against
-10 and 25 µs with no fsync running). On the 2-core bench machine that came to about 70 µs of broker CPU per
-one-record produce, a quarter of the broker's whole produce path (docs/benchmarks.md); a round the loop fsyncs itself
-costs none of it. But while the loop fsyncs it serves no one. That is a good trade for a disk whose
-fsync takes a fraction of a millisecond (an SSD or eMMC on a Pi 5, this VM's disk) and a bad one for an SD card whose
-fsyncs take milliseconds and, now and then, a whole second.
+Handing a round to a thread and back costs the broker on every round: the thread is woken, and the GIL passes back
+and forth while the thread returns from the fsync and reports. The loop feels it in every call that gives up the GIL
+for a system call: an append's os.write took over 28 µs one time in ten and about 450 µs one time in a hundred
+while fsync threads ran, against 10 and 25 µs with the loop fsyncing. (A bare thread fsyncing beside appends, with
+no reporting, cost them under 40 µs at the 99th percentile: the kernel is not what makes them wait.) On the 2-core
+bench machine that came to about 70 µs of broker CPU per one-record produce, a quarter of the broker's whole produce
+path (docs/benchmarks.md); a round the loop fsyncs itself costs none of it.
+
+But while the loop fsyncs it serves no one. That is a good trade for a disk whose fsync takes a fraction of a
+millisecond (an SSD or eMMC on a Pi 5, this VM's disk) and a bad one for an SD card whose fsyncs take milliseconds
+and, now and then, a whole second.
 
 So the loop fsyncs a round itself only while the disk has shown itself fast:
 - at least `min_samples` fsync rounds timed, with a running mean at most `loop_max_s` (2 ms by default, the broker
