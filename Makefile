@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy pikafka pi_broker pi_zookeeper clients
+	$(VENV)/bin/mypy pikafka pi_broker pi_zookeeper clients bench
 
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -q

@@ -66,7 +66,7 @@ def serve(mode: str, argv: list[str]) -> int:
             def __getattr__(self, name: str) -> object:
                 return getattr(os, name)
 
-        flush_ticket.os = PatchedOs()  # type: ignore[assignment]
+        flush_ticket.os = PatchedOs()  # type: ignore[attr-defined,assignment]
     return main(argv)
 
 

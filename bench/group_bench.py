@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -122,7 +123,7 @@ async def rebalance_after_kill(url: str) -> float:
     try:
         async with Admin(url) as admin:
 
-            async def owners() -> list[dict]:
+            async def owners() -> list[dict[str, Any]]:
                 try:
                     return list((await admin.describe_group("kill-bench"))["members"])
                 except Exception:
