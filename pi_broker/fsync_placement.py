@@ -15,10 +15,12 @@ and, now and then, a whole second.
 So the loop fsyncs a round itself only while the disk has shown itself fast:
 - at least `min_samples` fsync rounds timed, with a running mean at most `loop_max_s` (2 ms by default, the broker
   setting `loop_fsync_max_ms`), and
-- no round slower than `stall_s` within the last `stall_hold_s`.
+- no round slower than `stall_s` (50 ms) within the last `stall_hold_s` (a minute).
 It goes back to the threads once the mean passes twice `loop_max_s` (the gap keeps a disk near the limit from
 flapping between the two) or a round stalls. The threads keep timing the disk, so a disk that is fast again is
-noticed. A stall can hold the loop once, for as long as that one fsync takes; the rounds after it go to the threads.
+noticed. A stall can hold the loop once, for as long as that one fsync takes; the rounds after it go to the threads,
+and each further stall the loop suffers doubles the hold (up to a day), so a disk that stalls now and then ends up
+on the threads for good.
 
 Nothing here changes what is durable when: either way a producer is answered only after its round's fsync returned.
 """
@@ -42,16 +44,19 @@ class FsyncPlacement:
         min_samples: int = 16,
         stall_s: float = 0.05,
         stall_hold_s: float = 60.0,
+        max_stall_hold_s: float = 86_400.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._loop_max_s = loop_max_s
         self._min_samples = min_samples
         self._stall_s = stall_s
         self._stall_hold_s = stall_hold_s
+        self._max_stall_hold_s = max_stall_hold_s
         self._clock = clock
         self._samples = 0
         self._mean_s = 0.0
         self._last_stall = float("-inf")
+        self._stalls_on_loop = 0
         self.on_loop = False  # where the next round is fsynced: the loop's thread (True) or an fsync thread
 
     @property
@@ -65,10 +70,15 @@ class FsyncPlacement:
         weight = max(_MEAN_WEIGHT, 1 / self._samples)  # the first rounds: a plain mean, not one biased to zero
         self._mean_s += (seconds - self._mean_s) * weight
         now = self._clock()
-        if seconds > self._stall_s:
+        stalled = seconds > self._stall_s
+        if stalled:
             self._last_stall = now
         if self.on_loop:
-            if now - self._last_stall < self._stall_hold_s or self._mean_s > 2 * self._loop_max_s:
+            if stalled:
+                if self._stalls_on_loop:  # not the first time the loop waited this long: keep it off for longer
+                    self._stall_hold_s = min(2 * self._stall_hold_s, self._max_stall_hold_s)
+                self._stalls_on_loop += 1
+            if stalled or self._mean_s > 2 * self._loop_max_s:
                 self.on_loop = False
                 log.info(
                     "fsyncs move to the fsync threads: last round %.1f ms, recent mean %.2f ms",

@@ -62,6 +62,33 @@ def test_a_stall_moves_rounds_to_the_threads_at_once_and_for_the_hold_time():
     assert p.on_loop
 
 
+def test_each_further_stall_on_the_loop_doubles_the_hold():
+    clock = FakeClock()
+    p = placement(clock)
+
+    def stall() -> None:
+        p.record(0.3)
+        for _ in range(60):
+            p.record(0.0004)  # fast again at once: only the hold keeps the rounds on the threads
+
+    def back_on_loop_after(seconds: float) -> bool:
+        clock.now += seconds
+        p.record(0.0004)
+        return p.on_loop
+
+    for _ in range(10):
+        p.record(0.0004)
+    stall()  # the first stall on the loop: a minute on the threads
+    assert not back_on_loop_after(59.0) and back_on_loop_after(2.0)
+    stall()  # the second: two minutes
+    assert not back_on_loop_after(119.0) and back_on_loop_after(2.0)
+    stall()  # the third: four
+    assert not back_on_loop_after(239.0) and back_on_loop_after(2.0)
+    stall()
+    stall()  # a stall on the threads restarts the hold without lengthening it
+    assert not back_on_loop_after(479.0) and back_on_loop_after(2.0)
+
+
 def test_the_mean_must_pass_twice_the_budget_to_leave_the_loop():
     p = placement(FakeClock())
     for _ in range(10):
