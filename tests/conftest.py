@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -108,16 +109,28 @@ class BrokerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    """One standalone broker on a free loopback port with its own data directory."""
-    b = BrokerProcess(data_dir=tmp_path / "broker-data", port=free_port(), log_path=tmp_path / "broker.log")
+@contextlib.contextmanager
+def running_broker(tmp_path: Path, extra_args: list[str] | None = None) -> Iterator[BrokerProcess]:
+    """One standalone broker on a free loopback port with its own data directory, stopped on exit."""
+    b = BrokerProcess(
+        data_dir=tmp_path / "broker-data",
+        port=free_port(),
+        log_path=tmp_path / "broker.log",
+        extra_args=list(extra_args or []),
+    )
     b.start()
     try:
         yield b
     finally:
         if b.alive():
             b.terminate()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
+    """One standalone broker on a free loopback port with its own data directory."""
+    with running_broker(tmp_path) as b:
+        yield b
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 from aiocoap import Code
 
 from pikafka.records import Record, encode_batch
-from tests.conftest import REPO, BrokerProcess, free_port
+from tests.conftest import REPO, BrokerProcess, free_port, running_broker
 
 ON_LOOP = "fsyncs move to the event loop"
 
@@ -27,18 +27,8 @@ ON_LOOP = "fsyncs move to the event loop"
 def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
     # 0: never on the loop; 1000: on the loop as soon as 16 rounds were timed, whatever the disk
     budget_ms = "0" if request.param == "threads" else "1000"
-    b = BrokerProcess(
-        data_dir=tmp_path / "broker-data",
-        port=free_port(),
-        log_path=tmp_path / "broker.log",
-        extra_args=["--loop-fsync-max-ms", budget_ms],
-    )
-    b.start()
-    try:
+    with running_broker(tmp_path, ["--loop-fsync-max-ms", budget_ms]) as b:
         yield b
-    finally:
-        if b.alive():
-            b.terminate()
 
 
 async def test_kill9_keeps_every_acknowledged_record(client, broker):
