@@ -58,7 +58,7 @@ class GroupCommit:
         self.placement = placement if placement is not None else FsyncPlacement()
         self._max_rounds = concurrent_rounds
         self._max_linger_s = max_linger_s
-        self._writes = 0  # urgent writes noted; a round on the loop waits while they keep coming
+        self._wrote = False  # an urgent write since the scheduled round last looked: it waits while they come
         self._dirty_since = 0.0  # monotonic time of the oldest write no round has taken yet
         self._urgent: set[Partition] = set()
         self._lazy: dict[Partition, float] = {}  # partition -> monotonic deadline for its fsync
@@ -87,7 +87,7 @@ class GroupCommit:
             if not self._urgent:
                 self._dirty_since = time.monotonic()
             self._urgent.add(partition)
-            self._writes += 1
+            self._wrote = True
             if self._rounds:
                 self._collect()  # a running round may be done already: its producers need not wait for the loop
             if (
@@ -143,9 +143,9 @@ class GroupCommit:
         self._loop.call_soon(self._scheduled_round)
 
     def _scheduled_round(self) -> None:
-        if self._writes and not self._stopping and time.monotonic() - self._dirty_since < self._max_linger_s:
+        if self._wrote and not self._stopping and time.monotonic() - self._dirty_since < self._max_linger_s:
             # Requests are still coming in: let the next iteration's join this round (up to max_linger_s).
-            self._writes = 0
+            self._wrote = False
             assert self._loop is not None
             self._loop.call_soon(self._scheduled_round)
             return
@@ -174,9 +174,10 @@ class GroupCommit:
         self._schedule_round()
 
     def _begin_round(self) -> bool:
-        """Snapshot a flush ticket of every dirty partition and hand them to an fsync thread; False if none."""
+        """Snapshot a flush ticket of every dirty partition and fsync them, on the loop right here or on an fsync
+        thread as the placement says; False if none was dirty."""
         due, self._urgent = self._urgent, set()
-        self._writes = 0
+        self._wrote = False
         flushing: dict[FlushTicket, Partition] = {}
         for partition in due:
             if partition.closed:
