@@ -22,7 +22,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pi_broker.cluster_metadata import MetadataSnapshot
 from pi_broker.config import BrokerConfig
@@ -58,8 +58,7 @@ CONTENT_FORMAT_HEADER = "ct"  # record header holding a topic-data reading's CoA
 _WATCH_READ_BYTES = 256 * 1024
 
 
-@dataclass(frozen=True)
-class ProduceResult:
+class ProduceResult(NamedTuple):
     topic: str
     partition: int
     base_offset: int
@@ -100,8 +99,7 @@ class TopicAdmin(Protocol):
     async def delete_topic(self, name: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class _PlannedBatch:
+class _PlannedBatch(NamedTuple):
     partition: Partition
     batches: list[tuple[BatchHeader, bytes]]
 
@@ -605,7 +603,9 @@ def _split_batches(records: bytes, index: int) -> list[tuple[BatchHeader, bytes]
     try:
         while pos < len(view):
             header = validate_records(view[pos:])
-            out.append((header, bytes(view[pos : pos + header.size])))
+            # One batch per entry is the common case: keep the bytes object cbor2 made instead of copying it.
+            whole = pos == 0 and header.size == len(records)
+            out.append((header, records if whole else bytes(view[pos : pos + header.size])))
             pos += header.size
     except CorruptBatchError as exc:
         raise PikafkaError(ErrorCode.CORRUPT_MESSAGE, f"batches[{index}]: {exc} at byte {pos}") from None

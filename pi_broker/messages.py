@@ -7,7 +7,7 @@ and hand the map over.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import ACKS_ALL, ACKS_LEADER, ACKS_NONE, DEFAULT_FETCH_MAX_BYTES, MAX_WAIT_MS
@@ -72,15 +72,16 @@ class CreateTopicRequest:
         )
 
 
-@dataclass(frozen=True)
-class ProduceBatch:
+class ProduceBatch(NamedTuple):
     topic: str
     partition: int
     records: bytes
 
 
-@dataclass(frozen=True)
-class ProduceRequest:
+class ProduceRequest(NamedTuple):
+    """NamedTuples, not frozen dataclasses, like every value a produce request makes on its way to the log: cheaper to
+    build, and the broker builds several per request (docs/benchmarks.md, produce_path_bench.py)."""
+
     acks: int
     timeout_ms: int
     batches: list[ProduceBatch]

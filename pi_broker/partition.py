@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from pi_broker.isr_tracker import IsrTracker
 from pi_broker.log.partition_log import PartitionLog
@@ -38,8 +39,7 @@ class TopicPartition:
         return f"{self.topic}-{self.partition}"
 
 
-@dataclass(frozen=True, slots=True)
-class AppendOutcome:
+class AppendOutcome(NamedTuple):
     base_offset: int
     last_offset: int
     duplicate: bool

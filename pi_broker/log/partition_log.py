@@ -17,8 +17,8 @@ import shutil
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from pi_broker.log.batch_walk import BatchSpan, SegmentCorruption, span_at
 from pi_broker.log.flush_ticket import FlushTicket, SyncHealth
@@ -37,8 +37,7 @@ log = logging.getLogger("pi_broker.log")
 _IDLE_READERS = 4
 
 
-@dataclass(frozen=True)
-class AppendResult:
+class AppendResult(NamedTuple):
     base_offset: int
     last_offset: int
 
