@@ -11,10 +11,13 @@ When rounds start:
 - once requests stop arriving: a round is scheduled (call_soon) by the first write, and when its turn comes and the
   loop iteration before it brought more writes, it lets one more iteration pass (another call_soon), so that the
   requests a client is still sending share the fsync. A lone request waits one empty loop iteration, a stream of
-  them at most `max_linger_s` (2 ms). Measured on the 2-core bench machine with 16 one-record produces in flight,
-  rounds grew from 4.8 to 7.0 requests each (3.7 to 5.1 on the threads) at the same produce rate: a third fewer
-  fsyncs, which an SD card's wear and IOPS both count;
-- during a long burst of requests parsed in one read, once the oldest waiting write is `max_linger_s` old, so the
+  them at most the linger: `max_linger_s` (2 ms) while the fsyncs run on the threads, `loop_linger_s` (0.5 ms)
+  while the loop fsyncs itself. On the threads (a slow disk), measured on the 2-core bench machine with 16
+  one-record produces in flight, rounds grew from 3.7 to 5.1 requests each at the same produce rate: a third fewer
+  fsyncs, which an SD card's wear and IOPS both count. On the loop (a fast disk) the fsync blocks the loop, so the
+  requests read meanwhile join the next round anyway; there the 2 ms linger left the producers idle, and 0.5 ms
+  served 0.83 of the bare server's rate against 0.69 (12 paired rounds), with rounds of 5.9 requests against 7.9;
+- during a long burst of requests parsed in one read, once the oldest waiting write is the linger old, so the
   first requests of the burst do not wait for the last;
 - on the fsync threads, up to `concurrent_rounds` at once (two): the next round may begin while the previous one is
   still in the kernel, rather than only once the loop has heard back from it. Two in flight beat one by about 5 % in
@@ -53,11 +56,13 @@ class GroupCommit:
         self,
         concurrent_rounds: int = 2,
         max_linger_s: float = 0.002,
+        loop_linger_s: float = 0.0005,
         placement: FsyncPlacement | None = None,
     ) -> None:
         self.placement = placement if placement is not None else FsyncPlacement()
         self._max_rounds = concurrent_rounds
-        self._max_linger_s = max_linger_s
+        self._max_linger_s = max_linger_s  # while fsyncs run on the threads (a slow disk)
+        self._loop_linger_s = loop_linger_s  # while the loop fsyncs itself (a fast disk)
         self._wrote = False  # an urgent write since the scheduled round last looked: it waits while they come
         self._dirty_since = 0.0  # monotonic time of the oldest write no round has taken yet
         self._urgent: set[Partition] = set()
@@ -93,7 +98,7 @@ class GroupCommit:
             if (
                 self._round_scheduled
                 and len(self._rounds) < self._max_rounds
-                and time.monotonic() - self._dirty_since > self._max_linger_s
+                and time.monotonic() - self._dirty_since > self._linger_s()
             ):
                 # A long burst of requests read at once: its first writes should not wait for the whole burst.
                 self._begin_round()
@@ -143,8 +148,8 @@ class GroupCommit:
         self._loop.call_soon(self._scheduled_round)
 
     def _scheduled_round(self) -> None:
-        if self._wrote and not self._stopping and time.monotonic() - self._dirty_since < self._max_linger_s:
-            # Requests are still coming in: let the next iteration's join this round (up to max_linger_s).
+        if self._wrote and not self._stopping and time.monotonic() - self._dirty_since < self._linger_s():
+            # Requests are still coming in: let the next iteration's join this round (up to the linger).
             self._wrote = False
             assert self._loop is not None
             self._loop.call_soon(self._scheduled_round)
@@ -152,6 +157,12 @@ class GroupCommit:
         self._round_scheduled = False
         if len(self._rounds) < self._max_rounds:
             self._begin_round()
+
+    def _linger_s(self) -> float:
+        # On a fast disk the loop is blocked by its own fsync anyway, and requests read meanwhile form the next round;
+        # lingering there only leaves the producers idle (0.83 against 0.69 in benchmark (b), docs/benchmarks.md).
+        # On a slow disk the fsync is what the broker runs short of, so rounds wait longer to share one.
+        return self._loop_linger_s if self.placement.on_loop else self._max_linger_s
 
     def _arm_lazy_timer(self, deadline: float) -> None:
         if self._loop is None or self._stopping or deadline >= self._lazy_timer_at:

@@ -87,7 +87,7 @@ async def test_concurrent_produces_share_fsync_rounds(placed_broker: Broker):
 async def test_requests_arriving_while_a_round_waits_share_its_fsync(tmp_path: Path, where: str):
     broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
     # A long linger, so that only "no new requests in the last loop iteration" can start the round.
-    broker._group_commit = GroupCommit(max_linger_s=30.0)
+    broker._group_commit = GroupCommit(max_linger_s=30.0, loop_linger_s=30.0)
     place_fsyncs(broker, where)
     broker.open()
     broker.start()
@@ -104,6 +104,32 @@ async def test_requests_arriving_while_a_round_waits_share_its_fsync(tmp_path: P
         rounds = broker._group_commit.rounds
         await asyncio.wait_for(asyncio.gather(*(produce_after(i) for i in range(8))), timeout=10)
         assert broker._group_commit.rounds - rounds == 1
+    finally:
+        await broker.close()
+
+
+@pytest.mark.parametrize("where", ["threads", "loop"])
+async def test_the_linger_is_the_one_for_where_the_fsyncs_run(tmp_path: Path, where: str):
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    # No linger where the fsyncs run, a long one for the other place: a stream of requests, one per loop iteration,
+    # must then take several rounds. Were the other place's linger used, they would share one (test above).
+    on_loop = where == "loop"
+    broker._group_commit = GroupCommit(max_linger_s=30.0 * on_loop, loop_linger_s=30.0 * (not on_loop))
+    place_fsyncs(broker, where)
+    broker.open()
+    broker.start()
+    try:
+        await asyncio.wait_for(warm_up(broker, where), timeout=10)
+        broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+
+        async def produce_after(iterations: int) -> None:
+            for _ in range(iterations):
+                await asyncio.sleep(0)
+            await broker.produce(produce_request("t", f"{iterations}".encode()))
+
+        rounds = broker._group_commit.rounds
+        await asyncio.wait_for(asyncio.gather(*(produce_after(i) for i in range(8))), timeout=10)
+        assert broker._group_commit.rounds - rounds > 1
     finally:
         await broker.close()
 
