@@ -175,10 +175,12 @@ class CoapTransport:
             async with asyncio.timeout(timeout_s):
                 response = await req.response
         except TimeoutError:
+            self._drop_connection(broker)
             raise BrokerUnreachableError(str(broker), f"no answer within {timeout_s:g}s", timed_out=True) from None
         except aiocoap.error.LibraryShutdown:
             raise
         except (aiocoap.error.Error, OSError) as exc:
+            self._drop_connection(broker)
             raise BrokerUnreachableError(str(broker), _describe_network_error(exc)) from exc
         code = int(response.code)
         if not response.code.is_successful():
@@ -202,6 +204,27 @@ class CoapTransport:
             if exc is not None:
                 raise BrokerUnreachableError(str(broker), _describe_network_error(exc)) from exc
         req.response.cancel()
+
+    def _drop_connection(self, broker: BrokerAddress) -> None:
+        """After a request to `broker` failed or went unanswered, close the pooled TCP connection to it, so that the
+        retry opens a fresh one.
+
+        aiocoap keeps a connection in its pool until asyncio reports it lost, and reuses it for every request to that
+        address meanwhile. A connection whose peer vanished without a reset (its host lost power) or that asyncio
+        has failed without the loss reaching aiocoap yet would swallow each retry until TCP itself gives up, minutes
+        later. Requests still waiting on the same connection fail with it and are retried by their callers, which
+        all retry idempotently."""
+        if self._shared is None or self._shared.context is None:
+            return
+        for interface in self._shared.context.request_interfaces:
+            # aiocoap's TCP client files its connections by (host, port), as in the request's URI (aiocoap/tcp.py).
+            pool = getattr(getattr(interface, "token_interface", None), "_pool", None)
+            if not isinstance(pool, dict):
+                continue
+            connection = pool.pop((broker.host, broker.port), None)
+            transport = getattr(connection, "_transport", None)
+            if isinstance(transport, asyncio.Transport):
+                transport.abort()  # aiocoap hears connection_lost and fails what else waited on it
 
     @staticmethod
     def _message(broker: BrokerAddress, method: Code, path: str, body: Any) -> aiocoap.Message:
