@@ -15,7 +15,12 @@ and, now and then, a whole second.
 So the loop fsyncs a round itself only while the disk has shown itself fast:
 - at least `min_samples` fsync rounds timed, with a running mean at most `loop_max_s` (2 ms by default, the broker
   setting `loop_fsync_max_ms`), and
-- no round slower than `stall_s` (50 ms) within the last `stall_hold_s` (a minute).
+- no round slower than `stall_s` (50 ms) within the last `stall_hold_s` (a minute). A round that had much to write
+  may take longer before it counts as a stall: `stall_s` plus its bytes at `stall_bytes_per_s` (4 MiB/s, below what
+  an SD card writes). A stall is a disk that stops answering, not one busy writing what it was given: under
+  batched produces (benchmark (a)) a round on this VM's disk writes 0.5 to 1 MiB, and the slowest took 12 to 30 ms
+  in a dozen runs. Counted as a stall, one such round over 50 ms would keep the small rounds that follow on the
+  threads for a minute.
 It goes back to the threads once the mean passes twice `loop_max_s` (the gap keeps a disk near the limit from
 flapping between the two) or a round stalls. The threads keep timing the disk, so a disk that is fast again is
 noticed. A stall can hold the loop once, for as long as that one fsync takes; the rounds after it go to the threads,
@@ -43,6 +48,7 @@ class FsyncPlacement:
         *,
         min_samples: int = 16,
         stall_s: float = 0.05,
+        stall_bytes_per_s: float = 4 * 1024 * 1024,
         stall_hold_s: float = 60.0,
         max_stall_hold_s: float = 86_400.0,
         clock: Callable[[], float] = time.monotonic,
@@ -50,6 +56,7 @@ class FsyncPlacement:
         self._loop_max_s = loop_max_s
         self._min_samples = min_samples
         self._stall_s = stall_s
+        self._stall_bytes_per_s = stall_bytes_per_s
         self._stall_hold_s = stall_hold_s
         self._max_stall_hold_s = max_stall_hold_s
         self._clock = clock
@@ -64,13 +71,14 @@ class FsyncPlacement:
         """The running mean of recent rounds' fsync time, in seconds."""
         return self._mean_s
 
-    def record(self, seconds: float) -> None:
-        """Note how long a round's fsyncs took, wherever they ran, and decide where the next round runs."""
+    def record(self, seconds: float, written_bytes: int = 0) -> None:
+        """Note how long a round's fsyncs took, wherever they ran, and how many bytes they had to write; decide
+        where the next round runs."""
         self._samples += 1
         weight = max(_MEAN_WEIGHT, 1 / self._samples)  # the first rounds: a plain mean, not one biased to zero
         self._mean_s += (seconds - self._mean_s) * weight
         now = self._clock()
-        stalled = seconds > self._stall_s
+        stalled = seconds > self._stall_s + written_bytes / self._stall_bytes_per_s
         if stalled:
             self._last_stall = now
         if self.on_loop:
@@ -81,8 +89,9 @@ class FsyncPlacement:
             if stalled or self._mean_s > 2 * self._loop_max_s:
                 self.on_loop = False
                 log.info(
-                    "fsyncs move to the fsync threads: last round %.1f ms, recent mean %.2f ms",
+                    "fsyncs move to the fsync threads: last round %.1f ms for %d bytes, recent mean %.2f ms",
                     seconds * 1000,
+                    written_bytes,
                     self._mean_s * 1000,
                 )
         elif (

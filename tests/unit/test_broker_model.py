@@ -15,6 +15,7 @@ from pi_broker.fsync_placement import FsyncPlacement
 from pi_broker.group_commit import GroupCommit
 from pi_broker.log.flush_ticket import FlushTicket
 from pi_broker.messages import CreateTopicRequest, FetchRequest, ProduceRequest
+from pi_broker.partition import Partition
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.records import Record, decode_records, encode_batch, iter_batches
 
@@ -146,39 +147,55 @@ async def test_an_acknowledged_produce_is_already_fsynced(placed_broker: Broker)
     assert broker._group_commit.rounds_on_loop - rounds_on_loop == (20 if on_loop else 0)
 
 
-async def test_a_stalled_fsync_on_the_loop_sends_later_rounds_to_the_threads(tmp_path: Path):
+def stall_next_fsync(partition: Partition, seconds: float) -> None:
+    """Fault injection: the partition's next fsync takes `seconds` longer, as an SD card collecting its garbage."""
+    take_ticket = partition.log.flush_ticket
+
+    def stalling_ticket() -> FlushTicket:
+        ticket = take_ticket()
+        real_sync = ticket.sync
+
+        def slow_sync() -> None:
+            time.sleep(seconds)
+            real_sync()
+
+        ticket.sync = slow_sync  # type: ignore[method-assign]
+        partition.log.flush_ticket = take_ticket  # type: ignore[method-assign]
+        return ticket
+
+    partition.log.flush_ticket = stalling_ticket  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    "bytes_per_s",
+    [
+        4 * 1024 * 1024,  # the default: a one-record batch of some 150 bytes adds nothing to the 50 ms
+        1000.0,  # 1 kB/s: the same batch may take 50 ms + about 150 ms before it counts as a stall
+    ],
+)
+async def test_a_stalled_fsync_on_the_loop_sends_later_rounds_to_the_threads(tmp_path: Path, bytes_per_s: float):
     broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
-    broker._group_commit.placement = FsyncPlacement(1.0, min_samples=1, stall_s=0.05, stall_hold_s=60.0)
+    broker._group_commit.placement = FsyncPlacement(
+        1.0, min_samples=1, stall_s=0.05, stall_hold_s=60.0, stall_bytes_per_s=bytes_per_s
+    )
+    stall_expected = bytes_per_s > 1000.0
     broker.open()
     broker.start()
     try:
         await warm_up(broker, "loop")
         broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
         (partition,) = broker._topic("t").partitions
-        take_ticket = partition.log.flush_ticket
-
-        def stalling_ticket() -> FlushTicket:
-            # Fault injection: this one fsync takes 80 ms, as an SD card collecting its garbage would.
-            ticket = take_ticket()
-            real_sync = ticket.sync
-
-            def slow_sync() -> None:
-                time.sleep(0.08)
-                real_sync()
-
-            ticket.sync = slow_sync  # type: ignore[method-assign]
-            partition.log.flush_ticket = take_ticket  # type: ignore[method-assign]
-            return ticket
-
-        partition.log.flush_ticket = stalling_ticket  # type: ignore[method-assign]
+        stall_next_fsync(partition, 0.08)
         rounds_on_loop = broker._group_commit.rounds_on_loop
         await broker.produce(produce_request("t", b"stalled"))
         assert broker._group_commit.rounds_on_loop == rounds_on_loop + 1  # the stalled round ran on the loop
-        assert not broker._group_commit.placement.on_loop
+        # With 1 kB/s the round is judged by the bytes the group commit said it wrote: no stall.
+        assert broker._group_commit.placement.on_loop is not stall_expected
         for i in range(5):
             (result,) = await broker.produce(produce_request("t", f"{i}".encode()))
             assert partition.log.flushed_offset > result.last_offset
-        assert broker._group_commit.rounds_on_loop == rounds_on_loop + 1  # the later ones on the threads
+        later_on_loop = broker._group_commit.rounds_on_loop - rounds_on_loop - 1
+        assert later_on_loop == (0 if stall_expected else 5)  # after a stall, the later rounds go to the threads
     finally:
         await broker.close()
 

@@ -45,13 +45,14 @@ def test_zero_budget_never_fsyncs_on_the_loop():
     assert not p.on_loop
 
 
-def test_a_stall_moves_rounds_to_the_threads_at_once_and_for_the_hold_time():
+@pytest.mark.parametrize("written_bytes", [0, 64 * 1024])  # 64 KiB at 4 MiB/s excuse only 15.6 ms of the 300
+def test_a_stall_moves_rounds_to_the_threads_at_once_and_for_the_hold_time(written_bytes: int):
     clock = FakeClock()
     p = placement(clock)
     for _ in range(10):
         p.record(0.0004)
     assert p.on_loop
-    p.record(0.3)  # one fsync held the loop for 300 ms
+    p.record(0.3, written_bytes)  # one fsync held the loop for 300 ms
     assert not p.on_loop
     for _ in range(50):
         clock.now += 1.0
@@ -119,3 +120,23 @@ def test_each_move_is_logged_once(caplog: pytest.LogCaptureFixture):
     assert len(moves) == 2, moves
     assert moves[0].startswith("fsyncs move to the event loop")
     assert moves[1].startswith("fsyncs move to the fsync threads: last round 200.0 ms")
+
+
+def test_a_long_round_that_had_much_to_write_is_no_stall():
+    clock = FakeClock()
+    p = placement(clock)  # stall_s 50 ms; the allowance is 4 MiB/s
+    p.record(0.12, written_bytes=1024 * 1024)  # 1 MiB in 120 ms: within 50 ms + 250 ms
+    for _ in range(60):  # enough for the running mean to forget the big round
+        p.record(0.0004)
+    assert p.on_loop  # no hold: the small rounds after the big one went to the loop as soon as the mean allowed
+
+
+def test_a_long_round_with_little_to_write_is_a_stall():
+    clock = FakeClock()
+    p = placement(clock)
+    p.record(0.12, written_bytes=64 * 1024)  # 64 KiB allows 50 + 15.6 ms; it took 120
+    for _ in range(60):
+        clock.now += 0.5
+        p.record(0.0004)
+    assert p.mean_s < 0.002
+    assert not p.on_loop  # held on the threads by the stall, 30 s after it, though the mean is back in budget

@@ -53,6 +53,19 @@ def test_flushed_offset_advances_to_the_tickets_end_only(tmp_path: Path) -> None
     log.close()
 
 
+def test_the_log_counts_the_bytes_appended_since_it_was_last_asked(tmp_path: Path) -> None:
+    log = PartitionLog.open(tmp_path, SMALL)
+    assert log.take_unsynced_bytes() == 0
+    sizes = [len(batch(i, 300)) for i in range(5)]
+    for i in range(5):
+        log.append(batch(i, 300), leader_epoch=0)  # 1024-byte segments: these roll, and the count goes on
+    assert log.take_unsynced_bytes() == sum(sizes)
+    log.append(batch(5, 300), leader_epoch=0)
+    assert log.take_unsynced_bytes() == sizes[0]
+    assert log.take_unsynced_bytes() == 0
+    log.close()
+
+
 def test_tickets_completed_out_of_order_never_move_flushed_offset_back(tmp_path: Path) -> None:
     log = PartitionLog.open(tmp_path, SMALL)
     log.append(batch(), leader_epoch=0)
