@@ -70,7 +70,6 @@ class GroupCommit:
         self._lazy_timer: asyncio.TimerHandle | None = None
         self._lazy_timer_at = float("inf")
         self._rounds: dict[int, dict[FlushTicket, Partition]] = {}  # running rounds by id
-        self._round_bytes: dict[int, int] = {}  # running rounds' bytes to write, by id
         self._next_round_id = 0
         self._round_scheduled = False
         self._round_over: asyncio.Future[None] | None = None  # made on demand by those who wait for a round's end
@@ -191,11 +190,9 @@ class GroupCommit:
         due, self._urgent = self._urgent, set()
         self._wrote = False
         flushing: dict[FlushTicket, Partition] = {}
-        written = 0
         for partition in due:
             if partition.closed:
                 continue
-            written += partition.log.take_unsynced_bytes()
             try:
                 flushing[partition.log.flush_ticket()] = partition
             except PikafkaError as exc:
@@ -208,7 +205,6 @@ class GroupCommit:
         round_id = self._next_round_id
         self._next_round_id += 1
         self._rounds[round_id] = flushing
-        self._round_bytes[round_id] = written
         if self.placement.on_loop:
             self.rounds_on_loop += 1
             self._fsync.sync_here(round_id, list(flushing))
@@ -230,7 +226,7 @@ class GroupCommit:
         every write made before it began, and flushed offsets only ever grow."""
         finished = self._rounds.pop(round_id)
         self.rounds += 1
-        self.placement.record(seconds, self._round_bytes.pop(round_id))
+        self.placement.record(seconds, sum(ticket.written_bytes for ticket in tickets))
         synced: list[Partition] = []
         for ticket, error in zip(tickets, errors, strict=True):
             partition = finished[ticket]

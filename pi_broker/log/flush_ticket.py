@@ -36,6 +36,9 @@ class FlushTicket:
     directory_changes: int | None  # the log's directory-change count covered, None when the directory was clean
     health: SyncHealth
     _fds: list[int] = field(default_factory=list, repr=False)
+    # Bytes appended since the log's previous ticket: what this fsync has to write. A slow round is weighed by it,
+    # to tell a disk that stalls from one busy writing (fsync_placement.py).
+    written_bytes: int = 0
     synced: bool = False
     _used: bool = False
 

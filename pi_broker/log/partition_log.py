@@ -51,7 +51,7 @@ class PartitionLog:
         self.recovered_truncated_bytes = truncated
         self._segments = segments
         self._size_bytes = sum(segment.size for segment in segments)
-        self._size_when_asked = self._size_bytes  # log size when take_unsynced_bytes() last asked
+        self._size_at_last_ticket = self._size_bytes  # for FlushTicket.written_bytes
         self.flushed_offset = self.log_end_offset
         self._generation = 0  # bumped by truncate_to, voiding flush tickets snapshotted before it
         self._directory_changes = 0  # bumped when a segment file is created: the directory entry needs an fsync
@@ -175,15 +175,6 @@ class PartitionLog:
 
     # ---- flushing ----
 
-    def take_unsynced_bytes(self) -> int:
-        """Bytes appended since the last call: what the flush ticket taken next has to write. The group commit
-        weighs a slow round by it, to tell a disk that stalls from one busy writing (fsync_placement.py)."""
-        # From the size the log keeps anyway, so the append path does no more work. Segments deleted to retention
-        # meanwhile make this an underestimate, which only judges that round as strictly as before.
-        written = max(0, self._size_bytes - self._size_when_asked)
-        self._size_when_asked = self._size_bytes
-        return written
-
     def flush_ticket(self) -> FlushTicket:
         """Snapshot, on the loop thread, what must be fsynced for everything appended so far to be durable."""
         self._check_open()
@@ -207,7 +198,19 @@ class PartitionLog:
             for fd in fds:
                 os.close(fd)
             raise PikafkaError(ErrorCode.STORAGE_ERROR, f"cannot prepare a flush of {self.directory}: {exc}") from exc
-        return FlushTicket(self.log_end_offset, self._generation, targets, directory_changes, self._sync_health, fds)
+        # From the size the log keeps anyway, so the append path does no more work. Segments deleted to retention
+        # meanwhile make this an underestimate, which only judges that round as strictly as before.
+        written = max(0, self._size_bytes - self._size_at_last_ticket)
+        self._size_at_last_ticket = self._size_bytes
+        return FlushTicket(
+            self.log_end_offset,
+            self._generation,
+            targets,
+            directory_changes,
+            self._sync_health,
+            fds,
+            written_bytes=written,
+        )
 
     @staticmethod
     def fsync(ticket: FlushTicket) -> None:

@@ -189,7 +189,7 @@ async def test_a_stalled_fsync_on_the_loop_sends_later_rounds_to_the_threads(tmp
         rounds_on_loop = broker._group_commit.rounds_on_loop
         await broker.produce(produce_request("t", b"stalled"))
         assert broker._group_commit.rounds_on_loop == rounds_on_loop + 1  # the stalled round ran on the loop
-        # With 1 kB/s the round is judged by the bytes the group commit said it wrote: no stall.
+        # With 1 kB/s the round is judged by the bytes its flush ticket had to write: no stall.
         assert broker._group_commit.placement.on_loop is not stall_expected
         for i in range(5):
             (result,) = await broker.produce(produce_request("t", f"{i}".encode()))

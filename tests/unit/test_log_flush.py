@@ -53,16 +53,20 @@ def test_flushed_offset_advances_to_the_tickets_end_only(tmp_path: Path) -> None
     log.close()
 
 
-def test_the_log_counts_the_bytes_appended_since_it_was_last_asked(tmp_path: Path) -> None:
+def test_a_ticket_counts_the_bytes_appended_since_the_previous_ticket(tmp_path: Path) -> None:
     log = PartitionLog.open(tmp_path, SMALL)
-    assert log.take_unsynced_bytes() == 0
+    tickets = [log.flush_ticket()]
     sizes = [len(batch(i, 300)) for i in range(5)]
     for i in range(5):
         log.append(batch(i, 300), leader_epoch=0)  # 1024-byte segments: these roll, and the count goes on
-    assert log.take_unsynced_bytes() == sum(sizes)
+    tickets.append(log.flush_ticket())
     log.append(batch(5, 300), leader_epoch=0)
-    assert log.take_unsynced_bytes() == sizes[0]
-    assert log.take_unsynced_bytes() == 0
+    tickets.append(log.flush_ticket())
+    tickets.append(log.flush_ticket())
+    assert [t.written_bytes for t in tickets] == [0, sum(sizes), sizes[0], 0]
+    for ticket in tickets:
+        PartitionLog.fsync(ticket)
+        log.complete_flush(ticket)
     log.close()
 
 
