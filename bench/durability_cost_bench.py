@@ -18,7 +18,8 @@ fsync) against the broker in five forms, and the bare aiocoap server beside them
 
 `linger-2ms`, `sleep` and `no-fsync` are diagnostics made by patching the broker process this script starts;
 nothing in the product can turn its fsyncs off. For each form it prints the rate, the ratio to the bare server, the
-client's and the broker's CPU per request, and the interrupts per request on the whole machine.
+client's and the broker's CPU per request, the interrupts per request on the whole machine, and the KiB written to
+the device per request (ext4's own count for the filesystem holding the logs: what an SD card's wear counts).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def serve(mode: str, argv: list[str]) -> int:
             """os for flush_ticket, with fsync replaced; everything else (dup, close) is the real one."""
 
             fsync = staticmethod(fake_fsync)
+            fdatasync = staticmethod(fake_fsync)
 
             def __getattr__(self, name: str) -> object:
                 return getattr(os, name)
@@ -90,22 +92,35 @@ def interrupts() -> int:
     return 0
 
 
+def device_written_kib() -> int | None:
+    """KiB written to the device under the temporary directory (where the brokers keep their logs) since it was
+    mounted, as ext4 counts them (journal included); None if that is no ext4 filesystem."""
+    dev = os.stat(tempfile.gettempdir()).st_dev
+    name = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve().name
+    counter = Path(f"/sys/fs/ext4/{name}/lifetime_write_kbytes")
+    return int(counter.read_text()) if counter.exists() else None
+
+
 @dataclass
 class Sample:
     rate: float
     client_us: float  # client CPU per request
     server_us: float  # broker (or bare server) CPU per request, all threads
     interrupts: float  # interrupts per request, whole machine
+    device_kib: float | None  # KiB written to the device per request (an SD card's wear), whole filesystem
 
 
 async def measure(ctx: aiocoap.Context, port: int, pid: int) -> Sample:
     uri = f"coap+tcp://127.0.0.1:{port}/produce"
     await rate_in_flight(ctx, uri, "single", 300)  # warm-up
     me = os.getpid()
-    c0, s0, i0 = cpu_seconds(me), cpu_seconds(pid), interrupts()
+    c0, s0, i0, w0 = cpu_seconds(me), cpu_seconds(pid), interrupts(), device_written_kib()
     rate = await rate_in_flight(ctx, uri, "single", REQUESTS)
     c1, s1, i1 = cpu_seconds(me), cpu_seconds(pid), interrupts()
-    return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS)
+    await asyncio.sleep(0.05)  # the last round's writes reach the counter when its fsync returns; a margin for it
+    w1 = device_written_kib()
+    written = None if w0 is None or w1 is None else (w1 - w0) / REQUESTS
+    return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS, written)
 
 
 async def broker_sample(ctx: aiocoap.Context, mode: str) -> Sample:
@@ -141,11 +156,13 @@ async def main(rounds: int) -> None:
     print(f"(b) over CoAP over TCP, {REQUESTS:,} requests, 16 in flight, medians of {rounds} alternating rounds")
     for name, got in samples.items():
         rate = statistics.median(s.rate for s in got)
+        written = [s.device_kib for s in got if s.device_kib is not None]
         print(
             f"  {name:10s} {rate:6,.0f} req/s  ratio {rate / bare_rate:.2f}  "
             f"client {statistics.median(s.client_us for s in got):4.0f} us/req  "
             f"server {statistics.median(s.server_us for s in got):4.0f} us/req  "
-            f"interrupts {statistics.median(s.interrupts for s in got):.1f}/req"
+            f"interrupts {statistics.median(s.interrupts for s in got):.1f}/req  "
+            + (f"device {statistics.median(written):.2f} KiB/req" if written else "device n/a (no ext4)")
         )
 
 

@@ -27,7 +27,7 @@ from aiocoap import Code, Context, Message
 
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import CT_CBOR
-from pikafka.records import Record, decode_records, encode_batch, iter_batches
+from pikafka.records import CorruptBatchError, Record, check_batch, decode_records, encode_batch, iter_batches
 from tests.conftest import REPO, BrokerProcess, free_port
 from tests.history_checker import Ack, Consumed
 from tests.processes import stop_gracefully, wait_for_port
@@ -102,9 +102,20 @@ class ClusterBroker(BrokerProcess):
         return self.data_dir / f"{topic}-{partition}"
 
     def log_bytes(self, topic: str, partition: int = 0) -> bytes:
-        """Every segment of a partition, concatenated in offset order."""
+        """The batches of every segment of a partition, concatenated in offset order (without the zeros a live
+        segment file holds past its batches: space reserved for appends, as long as each broker likes)."""
         directory = self.partition_dir(topic, partition)
-        return b"".join(p.read_bytes() for p in sorted(directory.glob("*.log")))
+        return b"".join(_batches_of(p.read_bytes()) for p in sorted(directory.glob("*.log")))
+
+
+def _batches_of(data: bytes) -> bytes:
+    end = 0
+    while end < len(data):
+        try:
+            end += check_batch(data, end).size
+        except CorruptBatchError:
+            break  # the reserved zeros (or a batch being written right now)
+    return data[:end]
 
 
 @dataclass

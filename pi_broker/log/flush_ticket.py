@@ -3,6 +3,10 @@
 The ticket owns duplicates (os.dup) of the file descriptors it syncs. The log may meanwhile roll, delete a segment to
 retention or close, and close its own descriptors, without the worker ever fsyncing a closed or, worse, reused fd.
 fsync on a duplicate syncs the same file: Linux flushes the inode's dirty pages whichever descriptor wrote them.
+
+Segments are synced with fdatasync: what a later read needs (the data, and the file's size when it changed) reaches
+the disk, the modification time does not. With the space ahead of the appends reserved (preallocation.py) that
+leaves the journal out of most syncs. The directory, whose entries are what its sync is for, gets a full fsync.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class FlushTicket:
     segments: Sequence[tuple[LogSegment, int]]  # (segment, its next_offset when snapshotted)
     directory_changes: int | None  # the log's directory-change count covered, None when the directory was clean
     health: SyncHealth
-    _fds: list[int] = field(default_factory=list, repr=False)
+    _fds: list[int] = field(default_factory=list, repr=False)  # the segments'
+    _directory_fd: int | None = field(default=None, repr=False)  # set when directory_changes is
     # Bytes appended since the log's previous ticket: what this fsync has to write. A slow round is weighed by it,
     # to tell a disk that stalls from one busy writing (fsync_placement.py).
     written_bytes: int = 0
@@ -49,7 +54,9 @@ class FlushTicket:
         self._used = True
         try:
             for fd in self._fds:
-                os.fsync(fd)
+                os.fdatasync(fd)
+            if self._directory_fd is not None:
+                os.fsync(self._directory_fd)
             self.synced = True
         except OSError:
             self.health.failed = True
@@ -61,6 +68,9 @@ class FlushTicket:
         """Close the descriptors without syncing (for a ticket that will not be synced); the ticket is then used up."""
         self._used = True
         fds, self._fds = self._fds, []
+        if self._directory_fd is not None:
+            fds.append(self._directory_fd)
+            self._directory_fd = None
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

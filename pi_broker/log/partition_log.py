@@ -152,7 +152,7 @@ class PartitionLog:
         ):
             active = self._roll()
         try:
-            active.append(batch, span, self.config.index_interval_bytes)
+            active.append(batch, span, self.config.index_interval_bytes, self.config.segment_bytes)
         except OSError as exc:
             raise PikafkaError(ErrorCode.STORAGE_ERROR, f"cannot append to {active.log_path}: {exc}") from exc
         self._size_bytes += len(batch)
@@ -184,6 +184,7 @@ class PartitionLog:
             )
         targets: list[tuple[LogSegment, int]] = []
         fds: list[int] = []
+        directory_fd: int | None = None
         directory_changes: int | None = None
         try:
             for segment in [*self._rolled_unsynced, self._segments[-1]]:
@@ -192,7 +193,7 @@ class PartitionLog:
                 fds.append(os.dup(segment.require_fd()))
                 targets.append((segment, segment.next_offset))
             if self._directory_synced < self._directory_changes:
-                fds.append(os.open(self.directory, os.O_RDONLY))
+                directory_fd = os.open(self.directory, os.O_RDONLY)
                 directory_changes = self._directory_changes
         except OSError as exc:
             for fd in fds:
@@ -209,6 +210,7 @@ class PartitionLog:
             directory_changes,
             self._sync_health,
             fds,
+            directory_fd,
             written_bytes=written,
         )
 
@@ -455,6 +457,9 @@ class PartitionLog:
                 log.error("%s: closing after a failed fsync; the next open recovers the log in full", self.directory)
                 return
             self.flush()
+            active = self._segments[-1]
+            if active.release_reserved():
+                active.fsync()  # the cut, durable before the marker below says everything on disk was synced
             if not any(segment.write_failed for segment in self._segments):
                 # Only now, with everything fsynced, may the next open() skip the full check of the last segment.
                 fd = os.open(self.directory / CLEAN_SHUTDOWN_MARKER, os.O_WRONLY | os.O_CREAT, 0o644)

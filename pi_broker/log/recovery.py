@@ -15,6 +15,10 @@ The policy, and why:
   fsynced (a flush fsyncs every dirty segment before it counts, so a torn older segment means the later ones were not
   synced either) or, with bit rot, data a replica can fetch again from the leader. A gap or overlap between segments
   is treated the same way.
+- Zeros after the last batch of a segment are the space reserved for its appends (segment.py), left by a crash, or by
+  one between a roll and the sync that made the rolled segment's cut durable. They are dropped (an info line, not
+  counted as truncated) and, in an older segment, do not end the log: whether the next segment continues exactly
+  where the batches stop is checked as for any other pair, and a tear hidden under the zeros shows up there.
 - An empty older segment means its batches never reached the disk: it ends the log like any other gap, so it stays
   (as the new, empty active segment) and the later segments go. Removing it instead would keep later batches after a
   hole, and the log would no longer be a prefix of what was appended.
@@ -77,6 +81,8 @@ def recover_segments(directory: Path, index_interval: int) -> RecoveredSegments:
         last_fully_checked = (is_last and not clean) or not segment.check_tail_against_index(index_interval)
         if last_fully_checked:
             corruption = segment.recover(index_interval)
+            if corruption is not None and _drop_reserved_tail(segment):
+                corruption = None
             if corruption is not None:
                 cut = segment.cut_tail()
                 truncated += cut
@@ -102,7 +108,7 @@ def recover_segments(directory: Path, index_interval: int) -> RecoveredSegments:
     if ended_early and not last_fully_checked:
         # The log now ends in a segment only tail-checked (later ones were deleted): give it the last segment's check.
         corruption = last.recover(index_interval)
-        if corruption is not None:
+        if corruption is not None and not _drop_reserved_tail(last):
             cut = last.cut_tail()
             truncated += cut
             log.error("%s: cut %d corrupt bytes (%s)", last.log_path, cut, corruption)
@@ -115,6 +121,15 @@ def recover_segments(directory: Path, index_interval: int) -> RecoveredSegments:
         marker.unlink()
         changed = True
     return RecoveredSegments(segments, truncated, changed)
+
+
+def _drop_reserved_tail(segment: LogSegment) -> bool:
+    """Cut the file after the segment's valid batches if nothing but zeros follows them; True if it did."""
+    if not segment.tail_is_zeros():
+        return False
+    cut = segment.cut_tail()
+    log.info("%s: dropped %d bytes of space reserved after the last batch", segment.log_path, cut)
+    return True
 
 
 def _segment_bases(directory: Path) -> tuple[list[int], bool]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pi_broker.log import FlushTicket, PartitionLog
+from pi_broker.log import FlushTicket, PartitionLog, preallocation
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.records import Record, encode_batch, stamp
 from pikafka.topic_config import TopicConfig
@@ -183,7 +183,12 @@ def file_size_limit() -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, previous_handler)
 
 
-def test_a_failed_append_leaves_no_partial_batch(tmp_path: Path, file_size_limit: None) -> None:
+def test_a_failed_append_leaves_no_partial_batch(
+    tmp_path: Path, file_size_limit: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a filesystem that reserves no space ahead (see the next test): each append grows the file, so a write
+    # can fail midway (space reserved ahead is never short of a write).
+    monkeypatch.setattr(preallocation, "_fallocate", None)
     log = PartitionLog.open(tmp_path, TopicConfig())
     stored = []
     for i in range(3):
@@ -201,6 +206,21 @@ def test_a_failed_append_leaves_no_partial_batch(tmp_path: Path, file_size_limit
     log.close()
     log = PartitionLog.open(tmp_path, TopicConfig())
     assert log.recovered_truncated_bytes == 0
+    assert log.read(0, 10**6) == b"".join(stored)
+    log.close()
+
+
+def test_where_space_cannot_be_reserved_the_file_grows_with_its_appends(tmp_path: Path, file_size_limit: None) -> None:
+    # A file size limit makes the kernel refuse the 1 MiB reservation (EFBIG), as a filesystem without fallocate or
+    # a nearly full disk would; the appends below it must go on regardless.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+    log = PartitionLog.open(tmp_path, TopicConfig())
+    stored = [
+        stamp(batch(i, size=300), log.append(batch(i, size=300), leader_epoch=0).base_offset, 0) for i in range(5)
+    ]
+    segment = next(tmp_path.glob("*.log"))
+    assert segment.stat().st_size == log.size_bytes == sum(len(b) for b in stored)
+    log.flush()
     assert log.read(0, 10**6) == b"".join(stored)
     log.close()
 
