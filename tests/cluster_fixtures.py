@@ -27,7 +27,7 @@ from aiocoap import Code, Context, Message
 
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import CT_CBOR
-from pikafka.records import CorruptBatchError, Record, check_batch, decode_records, encode_batch, iter_batches
+from pikafka.records import CorruptBatchError, Record, decode_records, encode_batch, iter_batches
 from tests.conftest import REPO, BrokerProcess, free_port
 from tests.history_checker import Ack, Consumed
 from tests.processes import stop_gracefully, wait_for_port
@@ -110,11 +110,9 @@ class ClusterBroker(BrokerProcess):
 
 def _batches_of(data: bytes) -> bytes:
     end = 0
-    while end < len(data):
-        try:
-            end += check_batch(data, end).size
-        except CorruptBatchError:
-            break  # the reserved zeros (or a batch being written right now)
+    with contextlib.suppress(CorruptBatchError):  # stops at the reserved zeros (or a batch being written right now)
+        for header, _ in iter_batches(data):
+            end += header.size
     return data[:end]
 
 

@@ -39,8 +39,8 @@ class FlushTicket:
     segments: Sequence[tuple[LogSegment, int]]  # (segment, its next_offset when snapshotted)
     directory_changes: int | None  # the log's directory-change count covered, None when the directory was clean
     health: SyncHealth
-    _fds: list[int] = field(default_factory=list, repr=False)  # the segments'
-    _directory_fd: int | None = field(default=None, repr=False)  # set when directory_changes is
+    _fds: list[int] = field(default_factory=list, repr=False)  # the segments' (fdatasync)
+    _directory_fd: int | None = field(default=None, repr=False)  # the directory's (fsync), iff directory_changes
     # Bytes appended since the log's previous ticket: what this fsync has to write. A slow round is weighed by it,
     # to tell a disk that stalls from one busy writing (fsync_placement.py).
     written_bytes: int = 0

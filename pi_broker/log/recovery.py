@@ -81,9 +81,7 @@ def recover_segments(directory: Path, index_interval: int) -> RecoveredSegments:
         last_fully_checked = (is_last and not clean) or not segment.check_tail_against_index(index_interval)
         if last_fully_checked:
             corruption = segment.recover(index_interval)
-            if corruption is not None and _drop_reserved_tail(segment):
-                corruption = None
-            if corruption is not None:
+            if corruption is not None and not _drop_reserved_tail(segment):
                 cut = segment.cut_tail()
                 truncated += cut
                 if is_last:
