@@ -90,9 +90,10 @@ class LogSegment:
 
     def tail_is_zeros(self) -> bool:
         """Whether the file holds nothing but zeros after its valid batches (at least one byte of them): the space
-        reserved for appends that a crash left, rather than a torn or corrupt batch."""
+        reserved for appends that a crash left, rather than a torn or corrupt batch. Call after recover(), which
+        reads the file's length into `file_size`."""
         fd = self.require_fd()
-        end = os.fstat(fd).st_size
+        end = self.file_size
         position = self.size
         if position >= end:
             return False
@@ -163,8 +164,9 @@ class LogSegment:
         return corruption, last_size
 
     def cut_tail(self) -> int:
-        """Truncate the file to the valid size found by recovery; returns how many bytes were cut."""
-        on_disk = os.fstat(self.require_fd()).st_size
+        """Truncate the file to the valid size found by recover() (which read the file's length into `file_size`);
+        returns how many bytes were cut."""
+        on_disk = self.file_size
         if on_disk <= self.size:
             return 0
         os.truncate(self.log_path, self.size)
