@@ -20,6 +20,13 @@ fsync) against the broker in five forms, and the bare aiocoap server beside them
 nothing in the product can turn its fsyncs off. For each form it prints the rate, the ratio to the bare server, the
 client's and the broker's CPU per request, the interrupts per request on the whole machine, and the KiB written to
 the device per request (ext4's own count for the filesystem holding the logs: what an SD card's wear counts).
+
+For the broker's forms it also prints how long a group-commit round's fsync took under that load and how many
+requests a round held. The wall and CPU time are taken in the broker process around each FlushTicket.sync, which
+adds about a microsecond a round. Before the rounds it syncs the same writes on the otherwise idle machine: a
+round's one-record batches written into space reserved as a segment reserves it, then fdatasync. The broker's loop
+waits for its round's fsync, so the fsync's wall time divided by the requests in a round is what each request pays
+for its durability.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import os
 import statistics
 import subprocess
@@ -39,14 +47,18 @@ from pathlib import Path
 import aiocoap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse broker_bench as a module
-from broker_bench import free_port, rate_in_flight, start_bare, stop, wait_port
+from broker_bench import VALUE, free_port, rate_in_flight, start_bare, stop, wait_port
 
 from clients import Admin
+from pi_broker.log.preallocation import reserve
+from pikafka.records import Record, encode_batch
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks.md)
 MODES = ("fsync", "linger-2ms", "threads", "sleep", "no-fsync")
 REQUESTS = 4000
+FSYNC_LOG_ENV = "PIKAFKA_BENCH_FSYNC_LOG"  # where the broker process writes its fsync timings as it exits
+ROUND_REQUESTS = 8  # requests a round holds in this benchmark (16 in flight: one half answered, one half synced)
 
 
 def serve(mode: str, argv: list[str]) -> int:
@@ -77,7 +89,24 @@ def serve(mode: str, argv: list[str]) -> int:
                 return getattr(os, name)
 
         flush_ticket.os = PatchedOs()  # type: ignore[attr-defined,assignment]
-    return main(argv)
+    timings: list[tuple[float, float, float]] = []  # (monotonic end, wall seconds, CPU seconds) of each fsync
+    sync = flush_ticket.FlushTicket.sync
+
+    def timed_sync(ticket: flush_ticket.FlushTicket) -> None:
+        cpu, started = time.thread_time(), time.monotonic()
+        try:
+            sync(ticket)
+        finally:
+            ended = time.monotonic()
+            timings.append((ended, ended - started, time.thread_time() - cpu))
+
+    setattr(flush_ticket.FlushTicket, "sync", timed_sync)  # noqa: B010
+    try:
+        return main(argv)
+    finally:
+        log_path = os.environ.get(FSYNC_LOG_ENV)
+        if log_path:
+            Path(log_path).write_text(json.dumps(timings))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -102,12 +131,61 @@ def device_written_kib() -> int | None:
 
 
 @dataclass
+class FsyncFigures:
+    wall_us: float  # mean wall time of one round's fsync
+    cpu_us: float  # mean CPU time of one round's fsync (the broker's thread, kernel included)
+    per_round: float  # requests per round
+
+
+@dataclass
 class Sample:
     rate: float
     client_us: float  # client CPU per request
     server_us: float  # broker (or bare server) CPU per request, all threads
     interrupts: float  # interrupts per request, whole machine
     device_kib: float | None  # KiB written to the device per request (an SD card's wear), whole filesystem
+    window: tuple[float, float] = (0.0, 0.0)  # monotonic start and end of the measured requests
+    fsync: FsyncFigures | None = None  # the broker's fsync rounds within the window (None for the bare server)
+
+
+def broker_fsyncs(log_path: Path, window: tuple[float, float]) -> FsyncFigures | None:
+    """The broker's fsyncs that ended within the measured window, from the timings it wrote as it exited."""
+    try:
+        timings = json.loads(log_path.read_text())
+    except (OSError, ValueError):
+        return None
+    inside = [(wall, cpu) for ended, wall, cpu in timings if window[0] <= ended <= window[1]]
+    if not inside:
+        return None
+    return FsyncFigures(
+        wall_us=statistics.mean(wall for wall, _ in inside) * 1e6,
+        cpu_us=statistics.mean(cpu for _, cpu in inside) * 1e6,
+        per_round=REQUESTS / len(inside),
+    )
+
+
+def idle_fsync_reference(rounds: int = 400) -> FsyncFigures:
+    """The write pattern of (b)'s rounds, synced on the idle machine: ROUND_REQUESTS one-record batches written one
+    after another into space reserved as a segment reserves it, then one fdatasync."""
+    batch = encode_batch([Record(VALUE)])
+    walls: list[float] = []
+    cpus: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="pikafka-bench-fsync-") as tmp:
+        fd = os.open(Path(tmp) / "00000000000000000000.log", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            reserve(fd, 0, 1024 * 1024)
+            offset = 0
+            for _ in range(rounds):
+                for _ in range(ROUND_REQUESTS):
+                    os.pwrite(fd, batch, offset)
+                    offset += len(batch)
+                cpu, started = time.thread_time(), time.perf_counter()
+                os.fdatasync(fd)
+                walls.append(time.perf_counter() - started)
+                cpus.append(time.thread_time() - cpu)
+        finally:
+            os.close(fd)
+    return FsyncFigures(statistics.mean(walls) * 1e6, statistics.mean(cpus) * 1e6, ROUND_REQUESTS)
 
 
 async def measure(ctx: aiocoap.Context, port: int, pid: int) -> Sample:
@@ -115,30 +193,38 @@ async def measure(ctx: aiocoap.Context, port: int, pid: int) -> Sample:
     await rate_in_flight(ctx, uri, "single", 300)  # warm-up
     me = os.getpid()
     c0, s0, i0, w0 = cpu_seconds(me), cpu_seconds(pid), interrupts(), device_written_kib()
+    t0 = time.monotonic()
     rate = await rate_in_flight(ctx, uri, "single", REQUESTS)
+    t1 = time.monotonic()
     c1, s1, i1 = cpu_seconds(me), cpu_seconds(pid), interrupts()
     await asyncio.sleep(0.05)  # the last round's writes reach the counter when its fsync returns; a margin for it
     w1 = device_written_kib()
     written = None if w0 is None or w1 is None else (w1 - w0) / REQUESTS
-    return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS, written)
+    return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS, written, (t0, t1))
 
 
 async def broker_sample(ctx: aiocoap.Context, mode: str) -> Sample:
     with tempfile.TemporaryDirectory(prefix="pikafka-bench-durability-") as tmp:
         port = free_port()
         cmd = [sys.executable, __file__, "--serve", mode, "--id", "1", "--bind", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen([*cmd, "--data-dir", tmp], cwd=REPO, stdout=subprocess.DEVNULL)
+        log_path = Path(tmp) / "fsyncs.json"  # beside the data dir, not in it
+        data_dir = Path(tmp) / "data"
+        env = {**os.environ, FSYNC_LOG_ENV: str(log_path)}
+        proc = subprocess.Popen([*cmd, "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL, env=env)
         try:
             wait_port(port, proc)
             admin = Admin(bootstrap=f"coap://127.0.0.1:{port}")
             await admin.create_topic("single", partitions=1, replication_factor=1)
             await admin.close()
-            return await measure(ctx, port, proc.pid)
+            sample = await measure(ctx, port, proc.pid)
         finally:
             stop(proc)
+        sample.fsync = broker_fsyncs(log_path, sample.window)
+        return sample
 
 
 async def main(rounds: int) -> None:
+    idle = idle_fsync_reference()
     ctx = await aiocoap.Context.create_client_context()
     bare_port = free_port()
     bare = start_bare(bare_port)
@@ -154,15 +240,27 @@ async def main(rounds: int) -> None:
         stop(bare)
     bare_rate = statistics.median(s.rate for s in samples["bare"])
     print(f"(b) over CoAP over TCP, {REQUESTS:,} requests, 16 in flight, medians of {rounds} alternating rounds")
+    print(
+        f"  a round's writes ({ROUND_REQUESTS} one-record batches) synced on the idle machine: fdatasync "
+        f"{idle.wall_us:.0f} us ({idle.cpu_us:.0f} us CPU)"
+    )
     for name, got in samples.items():
         rate = statistics.median(s.rate for s in got)
         written = [s.device_kib for s in got if s.device_kib is not None]
+        fsyncs = [s.fsync for s in got if s.fsync is not None]
         print(
             f"  {name:10s} {rate:6,.0f} req/s  ratio {rate / bare_rate:.2f}  "
             f"client {statistics.median(s.client_us for s in got):4.0f} us/req  "
             f"server {statistics.median(s.server_us for s in got):4.0f} us/req  "
             f"interrupts {statistics.median(s.interrupts for s in got):.1f}/req  "
             + (f"device {statistics.median(written):.2f} KiB/req" if written else "device n/a (no ext4)")
+            + (
+                f"  fsync {statistics.median(f.wall_us for f in fsyncs):.0f} us "
+                f"({statistics.median(f.cpu_us for f in fsyncs):.0f} us CPU) a round of "
+                f"{statistics.median(f.per_round for f in fsyncs):.1f}"
+                if fsyncs
+                else ""
+            )
         )
 
 
