@@ -24,7 +24,7 @@ the device per request (ext4's own count for the filesystem holding the logs: wh
 For the broker's forms it also prints how long a group-commit round's fsync took under that load and how many
 requests a round held. The wall and CPU time are taken in the broker process around each FlushTicket.sync, which
 adds about a microsecond a round. Before the rounds it syncs the same writes on the otherwise idle machine: a
-round's one-record batches written into space reserved as a segment reserves it, then fdatasync. The broker's loop
+round's one-record batches appended to a partition log, then its flush ticket synced. The broker's loop
 waits for its round's fsync, so the fsync's wall time divided by the requests in a round is what each request pays
 for its durability.
 """
@@ -50,8 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package
 from broker_bench import VALUE, free_port, rate_in_flight, start_bare, stop, wait_port
 
 from clients import Admin
-from pi_broker.log.preallocation import reserve
+from pi_broker.log.partition_log import PartitionLog
 from pikafka.records import Record, encode_batch
+from pikafka.topic_config import TopicConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks.md)
@@ -165,26 +166,27 @@ def broker_fsyncs(log_path: Path, window: tuple[float, float]) -> FsyncFigures |
 
 
 def idle_fsync_reference(rounds: int = 400) -> FsyncFigures:
-    """The write pattern of (b)'s rounds, synced on the idle machine: ROUND_REQUESTS one-record batches written one
-    after another into space reserved as a segment reserves it, then one fdatasync."""
+    """The write pattern of (b)'s rounds, synced on the idle machine through the broker's own log: ROUND_REQUESTS
+    one-record batches appended to a PartitionLog, then its flush ticket synced, as a group-commit round does."""
     batch = encode_batch([Record(VALUE)])
     walls: list[float] = []
     cpus: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pikafka-bench-fsync-") as tmp:
-        fd = os.open(Path(tmp) / "00000000000000000000.log", os.O_CREAT | os.O_RDWR, 0o644)
+        log = PartitionLog.open(Path(tmp), TopicConfig())
         try:
-            reserve(fd, 0, 1024 * 1024)
-            offset = 0
-            for _ in range(rounds):
+            for round_no in range(rounds + 1):
                 for _ in range(ROUND_REQUESTS):
-                    os.pwrite(fd, batch, offset)
-                    offset += len(batch)
-                cpu, started = time.thread_time(), time.perf_counter()
-                os.fdatasync(fd)
-                walls.append(time.perf_counter() - started)
-                cpus.append(time.thread_time() - cpu)
+                    log.append(batch, leader_epoch=0)
+                ticket = log.flush_ticket()
+                cpu_started, started = time.thread_time(), time.perf_counter()
+                ticket.sync()
+                wall, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+                log.complete_flush(ticket)
+                if round_no > 0:  # the first round also syncs the new segment's directory entry
+                    walls.append(wall)
+                    cpus.append(cpu)
         finally:
-            os.close(fd)
+            log.close()
     return FsyncFigures(statistics.mean(walls) * 1e6, statistics.mean(cpus) * 1e6, ROUND_REQUESTS)
 
 
