@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -169,90 +170,88 @@ async def main(quick: bool) -> None:
     n_batch = 100_000 if quick else 300_000
     n_single = 1_000 if quick else 4_000
     n_rss = 200_000 if quick else 1_000_000
-    with tempfile.TemporaryDirectory(prefix="pikafka-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pikafka-bench-") as tmp, contextlib.ExitStack() as started:
         port, bare_port, lazy_port = free_port(), free_port(), free_port()
         broker = start_broker(os.path.join(tmp, "broker"), port)
+        started.callback(stop, broker)
         bare = start_bare(bare_port)
+        started.callback(stop, bare)
         # The flush_interval_ms topic gets a broker of its own, so that the broker compared with the bare server
         # answers exactly as many requests in (b) as the bare server does. Over UDP aiocoap keeps every exchange for
         # its deduplication lifetime (about 4 minutes) and each full garbage collection walks them all: serving the
         # lazy rounds too, the broker carried twice the bare server's exchanges, and its full collections took 1.6 s
         # in all against the bare server's 0.7 s (docs/benchmarks.md, stop 18).
         lazy_broker = start_broker(os.path.join(tmp, "lazy"), lazy_port)
+        started.callback(stop, lazy_broker)
         url = f"coap://127.0.0.1:{port}"
-        try:
-            admin = Admin(bootstrap=url)
-            await admin.create_topic("bench", partitions=10, replication_factor=1)
-            await admin.create_topic("single", partitions=1, replication_factor=1)
-            await admin.close()
-            admin = Admin(bootstrap=f"coap://127.0.0.1:{lazy_port}")
-            # Acknowledged after the write, fsynced within 1 s: isolates the cost of waiting for the fsync.
-            await admin.create_topic("lazy", partitions=1, replication_factor=1, config={"flush_interval_ms": 1000})
-            await admin.close()
+        admin = Admin(bootstrap=url)
+        await admin.create_topic("bench", partitions=10, replication_factor=1)
+        await admin.create_topic("single", partitions=1, replication_factor=1)
+        await admin.close()
+        admin = Admin(bootstrap=f"coap://127.0.0.1:{lazy_port}")
+        # Acknowledged after the write, fsynced within 1 s: isolates the cost of waiting for the fsync.
+        await admin.create_topic("lazy", partitions=1, replication_factor=1, config={"flush_interval_ms": 1000})
+        await admin.close()
 
-            print(f"(a) batching producer, acks=1, {n_batch:,} x 100-byte records, 10 partitions")
-            a = await timed("records/s", lambda: batching_rate(url, "bench", n_batch, 10))
+        print(f"(a) batching producer, acks=1, {n_batch:,} x 100-byte records, 10 partitions")
+        a = await timed("records/s", lambda: batching_rate(url, "bench", n_batch, 10))
 
-            print(f"(b) one record per request, 16 in flight, {n_single:,} requests, {B_ROUNDS} alternating rounds")
-            ctx = await aiocoap.Context.create_client_context()
-            ratios = {}
-            # TCP first: aiocoap keeps every UDP exchange for its deduplication lifetime (about 4 minutes), so a UDP
-            # phase leaves tens of megabytes of objects that every later garbage collection then walks.
-            for scheme in ("coap+tcp", "coap"):
-                measured: dict[str, list[float]] = {"broker": [], "bare": [], "lazy": []}
-                for _ in range(B_ROUNDS):
-                    # Alternating the three targets spreads the machine's drift over all of them.
-                    for name, target_port, topic in (
-                        ("broker", port, "single"),
-                        ("bare", bare_port, "single"),
-                        ("lazy", lazy_port, "lazy"),
-                    ):
-                        uri = f"{scheme}://127.0.0.1:{target_port}/produce"
-                        measured[name].append(await rate_in_flight(ctx, uri, topic, n_single))
-                broker_rates, bare_rates, lazy_rates = measured["broker"], measured["bare"], measured["lazy"]
-                b_rate, bare_rate = statistics.median(broker_rates), statistics.median(bare_rates)
-                lazy_rate = statistics.median(lazy_rates)
-                ratios[scheme] = b_rate / bare_rate
-                print(
-                    f"  {scheme:8s} same to a flush_interval_ms=1000 topic: {lazy_rate:,.0f} req/s, "
-                    f"ratio {lazy_rate / bare_rate:.2f}"
-                )
-                each = ", ".join(f"{b / a:.2f}" for b, a in zip(broker_rates, bare_rates, strict=True))
-                print(
-                    f"  {scheme:8s} broker {b_rate:,.0f} req/s, bare aiocoap {bare_rate:,.0f} req/s (medians), "
-                    f"ratio {ratios[scheme]:.2f} (each round: {each})"
-                )
-
-            print("(c) ack latency at 1,000 records/s offered, one record per request, 10 s")
-            # TCP first: 1,000/s over UDP overloads aiocoap (server and client alike), and the backlog it leaves
-            # would show up in whatever is measured next.
-            for scheme in ("coap+tcp", "coap"):
-                lat = await open_loop_latency(
-                    ctx, f"{scheme}://127.0.0.1:{port}/produce", "single", 1000, 5 if quick else 10
-                )
-                bare_lat = await open_loop_latency(
-                    ctx, f"{scheme}://127.0.0.1:{bare_port}/produce", "single", 1000, 5 if quick else 10
-                )
-                print(
-                    f"  {scheme:8s} bare aiocoap, same offer: p50 {pct(bare_lat, 0.5):.2f} ms, "
-                    f"p99 {pct(bare_lat, 0.99):.2f} ms"
-                )
-                print(f"  {scheme:8s} p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, answered {len(lat):,}")
-            await ctx.shutdown()
-
-            after_all = rss_mb(broker.pid)
-            print(f"(d) RSS after {n_rss:,} records in 10 partitions, on a fresh broker")
-            fresh_rss = await rss_after_records(n_rss)
-            print(f"  broker RSS {fresh_rss:.1f} MB (the broker that ran (a)-(c): {after_all:.1f} MB)")
-            print(f"  bare aiocoap server RSS after the (b)/(c) request load: {rss_mb(bare.pid):.1f} MB")
+        print(f"(b) one record per request, 16 in flight, {n_single:,} requests, {B_ROUNDS} alternating rounds")
+        ctx = await aiocoap.Context.create_client_context()
+        ratios = {}
+        # TCP first: aiocoap keeps every UDP exchange for its deduplication lifetime (about 4 minutes), so a UDP
+        # phase leaves tens of megabytes of objects that every later garbage collection then walks.
+        for scheme in ("coap+tcp", "coap"):
+            measured: dict[str, list[float]] = {"broker": [], "bare": [], "lazy": []}
+            for _ in range(B_ROUNDS):
+                # Alternating the three targets spreads the machine's drift over all of them.
+                for name, target_port, topic in (
+                    ("broker", port, "single"),
+                    ("bare", bare_port, "single"),
+                    ("lazy", lazy_port, "lazy"),
+                ):
+                    uri = f"{scheme}://127.0.0.1:{target_port}/produce"
+                    measured[name].append(await rate_in_flight(ctx, uri, topic, n_single))
+            broker_rates, bare_rates, lazy_rates = measured["broker"], measured["bare"], measured["lazy"]
+            b_rate, bare_rate = statistics.median(broker_rates), statistics.median(bare_rates)
+            lazy_rate = statistics.median(lazy_rates)
+            ratios[scheme] = b_rate / bare_rate
             print(
-                f"SUMMARY a={a:,.0f} rec/s  b_ratio_udp={ratios['coap']:.2f} b_ratio_tcp={ratios['coap+tcp']:.2f}  "
-                f"rss_1M={fresh_rss:.1f}MB"
+                f"  {scheme:8s} same to a flush_interval_ms=1000 topic: {lazy_rate:,.0f} req/s, "
+                f"ratio {lazy_rate / bare_rate:.2f}"
             )
-        finally:
-            stop(broker)
-            stop(lazy_broker)
-            stop(bare)
+            each = ", ".join(f"{b / a:.2f}" for b, a in zip(broker_rates, bare_rates, strict=True))
+            print(
+                f"  {scheme:8s} broker {b_rate:,.0f} req/s, bare aiocoap {bare_rate:,.0f} req/s (medians), "
+                f"ratio {ratios[scheme]:.2f} (each round: {each})"
+            )
+
+        print("(c) ack latency at 1,000 records/s offered, one record per request, 10 s")
+        # TCP first: 1,000/s over UDP overloads aiocoap (server and client alike), and the backlog it leaves
+        # would show up in whatever is measured next.
+        for scheme in ("coap+tcp", "coap"):
+            lat = await open_loop_latency(
+                ctx, f"{scheme}://127.0.0.1:{port}/produce", "single", 1000, 5 if quick else 10
+            )
+            bare_lat = await open_loop_latency(
+                ctx, f"{scheme}://127.0.0.1:{bare_port}/produce", "single", 1000, 5 if quick else 10
+            )
+            print(
+                f"  {scheme:8s} bare aiocoap, same offer: p50 {pct(bare_lat, 0.5):.2f} ms, "
+                f"p99 {pct(bare_lat, 0.99):.2f} ms"
+            )
+            print(f"  {scheme:8s} p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, answered {len(lat):,}")
+        await ctx.shutdown()
+
+        after_all = rss_mb(broker.pid)
+        print(f"(d) RSS after {n_rss:,} records in 10 partitions, on a fresh broker")
+        fresh_rss = await rss_after_records(n_rss)
+        print(f"  broker RSS {fresh_rss:.1f} MB (the broker that ran (a)-(c): {after_all:.1f} MB)")
+        print(f"  bare aiocoap server RSS after the (b)/(c) request load: {rss_mb(bare.pid):.1f} MB")
+        print(
+            f"SUMMARY a={a:,.0f} rec/s  b_ratio_udp={ratios['coap']:.2f} b_ratio_tcp={ratios['coap+tcp']:.2f}  "
+            f"rss_1M={fresh_rss:.1f}MB"
+        )
 
 
 if __name__ == "__main__":
