@@ -17,8 +17,15 @@ When rounds start:
   fsyncs, which an SD card's wear and IOPS both count. On the loop (a fast disk) the fsync blocks the loop, so the
   requests read meanwhile join the next round anyway; there the 2 ms linger left the producers idle, and 0.5 ms
   served 0.83 of the bare server's rate against 0.69 (12 paired rounds), with rounds of 5.9 requests against 7.9;
-- during a long burst of requests parsed in one read, once the oldest waiting write is the linger old, so the
-  first requests of the burst do not wait for the last;
+- during a long burst of requests parsed in one read, once the oldest waiting write is `max_linger_s` (2 ms) old,
+  wherever the fsyncs run, so the first requests of the burst do not wait for the last. Not the loop's shorter
+  linger: that one only spares producers an idle loop, while a burst's requests are already read and, on the loop,
+  would wait out a split-off round's fsync anyway. How many requests 0.5 ms covers depends on the CPU: on the
+  2-core bench machine of 2026-12-02, where a one-record produce took the broker about 0.3 ms, it split bursts into
+  rounds of 4.1 to 4.6 requests. Bounded by 2 ms the rounds held 6.5 to 6.7, the device wrote 1.21 to 1.27 KiB per
+  request instead of 1.57 to 1.75, and (b) over TCP served 0.74 to 0.91 of the bare server against 0.74 to 0.86,
+  ahead in 5 of 6 paired runs and level in one (docs/benchmarks.md, stop 19). On a Pi's slower CPU 0.5 ms is about
+  one request: nearly every request would get an fsync of its own;
 - on the fsync threads, up to `concurrent_rounds` at once (two): the next round may begin while the previous one is
   still in the kernel, rather than only once the loop has heard back from it. Two in flight beat one by about 5 % in
   one-record produce rate, and three were no better than one.
@@ -61,7 +68,7 @@ class GroupCommit:
     ) -> None:
         self.placement = placement if placement is not None else FsyncPlacement()
         self._max_rounds = concurrent_rounds
-        self._max_linger_s = max_linger_s  # while fsyncs run on the threads (a slow disk)
+        self._max_linger_s = max_linger_s  # while fsyncs run on the threads (a slow disk), and any burst's bound
         self._loop_linger_s = loop_linger_s  # while the loop fsyncs itself (a fast disk)
         self._wrote = False  # an urgent write since the scheduled round last looked: it waits while they come
         self._dirty_since = 0.0  # monotonic time of the oldest write no round has taken yet
@@ -98,7 +105,7 @@ class GroupCommit:
             if (
                 self._round_scheduled
                 and len(self._rounds) < self._max_rounds
-                and time.monotonic() - self._dirty_since > self._linger_s()
+                and time.monotonic() - self._dirty_since > self._max_linger_s
             ):
                 # A long burst of requests read at once: its first writes should not wait for the whole burst.
                 self._begin_round()

@@ -135,6 +135,34 @@ async def test_the_linger_is_the_one_for_where_the_fsyncs_run(tmp_path: Path, wh
         await broker.close()
 
 
+@pytest.mark.parametrize(("max_linger_s", "loop_linger_s", "one_round"), [(30.0, 0.0, True), (0.001, 30.0, False)])
+async def test_a_burst_on_the_loop_is_split_by_the_longer_linger_only(
+    tmp_path: Path, max_linger_s: float, loop_linger_s: float, one_round: bool
+):
+    # Requests read in one go are appended with no loop iteration between them. On the loop the short linger must
+    # not split them (each split-off round blocks the rest of the burst for an fsync); max_linger_s bounds them.
+    broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
+    broker._group_commit = GroupCommit(max_linger_s=max_linger_s, loop_linger_s=loop_linger_s)
+    place_fsyncs(broker, "loop")
+    broker.open()
+    broker.start()
+    try:
+        await asyncio.wait_for(warm_up(broker, "loop"), timeout=10)
+        broker.create_topic(CreateTopicRequest("t", 1, 1, {}))
+        rounds = broker._group_commit.rounds
+        waiting = []
+        for i in range(8):
+            request = produce_request("t", f"{i}".encode())
+            waiting.append(broker.produce_nowait(request))
+            time.sleep(0.002)  # the CPU the next request's parse takes, 2 ms on a slow Pi
+        results = [p.settle_now() if not p.waiting else await asyncio.wait_for(p.wait(5.0), 10) for p in waiting]
+        assert [r[0].base_offset for r in results] == list(range(8))
+        assert (broker._group_commit.rounds - rounds == 1) == one_round
+        assert broker._topic("t").partitions[0].log.flushed_offset == 8
+    finally:
+        await broker.close()
+
+
 async def test_an_acknowledged_produce_is_already_fsynced(placed_broker: Broker):
     broker = placed_broker
     on_loop = broker._group_commit.placement.on_loop
