@@ -1,6 +1,6 @@
 """Where benchmark (b) over CoAP over TCP loses its time: prints figures, asserts nothing.
 
-    .venv/bin/python bench/durability_cost_bench.py             # 3 alternating rounds, three to four minutes
+    .venv/bin/python bench/durability_cost_bench.py             # 3 alternating rounds: 20 s to 4 minutes by the CPU
     .venv/bin/python bench/durability_cost_bench.py --rounds 1  # a smoke run
 
 Runs broker_bench's (b) (one record per request, 16 in flight, CoAP over TCP, default topic: acknowledged after the

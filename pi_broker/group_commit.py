@@ -24,8 +24,11 @@ When rounds start:
   2-core bench machine of 2026-12-02, where a one-record produce took the broker about 0.3 ms, it split bursts into
   rounds of 4.1 to 4.6 requests. Bounded by 2 ms the rounds held 6.5 to 6.7, the device wrote 1.21 to 1.27 KiB per
   request instead of 1.57 to 1.75, and (b) over TCP served 0.74 to 0.91 of the bare server against 0.74 to 0.86,
-  ahead in 5 of 6 paired runs and level in one (docs/benchmarks.md, stop 19). On a Pi's slower CPU 0.5 ms is about
-  one request: nearly every request would get an fsync of its own;
+  ahead in 5 of 6 paired runs and level in one (docs/benchmarks.md, stop 19). On a CPU three times faster (stop 20)
+  0.5 ms was the better bound, 0.72-0.77 against 0.66-0.71: there it splits after about five requests. The 2 ms
+  bound is kept for a Pi's pace: with 0.2 ms of CPU added to each produce and each client request it served 0.86
+  against 0.78, with half the device writes per request. On a Pi 0.5 ms is about one request: nearly every request
+  would get an fsync of its own;
 - on the fsync threads, up to `concurrent_rounds` at once (two): the next round may begin while the previous one is
   still in the kernel, rather than only once the loop has heard back from it. Two in flight beat one by about 5 % in
   one-record produce rate, and three were no better than one.
