@@ -20,15 +20,10 @@ When rounds start:
 - during a long burst of requests parsed in one read, once the oldest waiting write is `max_linger_s` (2 ms) old,
   wherever the fsyncs run, so the first requests of the burst do not wait for the last. Not the loop's shorter
   linger: that one only spares producers an idle loop, while a burst's requests are already read and, on the loop,
-  would wait out a split-off round's fsync anyway. How many requests 0.5 ms covers depends on the CPU: on the
-  2-core bench machine of 2026-12-02, where a one-record produce took the broker about 0.3 ms, it split bursts into
-  rounds of 4.1 to 4.6 requests. Bounded by 2 ms the rounds held 6.5 to 6.7, the device wrote 1.21 to 1.27 KiB per
-  request instead of 1.57 to 1.75, and (b) over TCP served 0.74 to 0.91 of the bare server against 0.74 to 0.86,
-  ahead in 5 of 6 paired runs and level in one (docs/benchmarks.md, stop 19). On a CPU three times faster (stop 20)
-  0.5 ms was the better bound, 0.72-0.77 against 0.66-0.71: there it splits after about five requests. The 2 ms
-  bound is kept for a Pi's pace: with 0.2 ms of CPU added to each produce and each client request it served 0.86
-  against 0.78, with half the device writes per request. On a Pi 0.5 ms is about one request: nearly every request
-  would get an fsync of its own;
+  would wait out a split-off round's fsync anyway. The best bound depends on the CPU (docs/benchmarks.md, stops
+  19-20): where a produce takes the broker 0.1 ms, 0.5 ms served (b) over TCP a little better; at a Pi's pace
+  (0.3 ms) 2 ms served 0.86 against 0.78 with rounds twice as large and half the device writes per request.
+  pikafka runs on a Pi, where 0.5 ms is about one request and nearly every request would get an fsync of its own;
 - on the fsync threads, up to `concurrent_rounds` at once (two): the next round may begin while the previous one is
   still in the kernel, rather than only once the loop has heard back from it. Two in flight beat one by about 5 % in
   one-record produce rate, and three were no better than one.
