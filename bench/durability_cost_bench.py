@@ -128,10 +128,10 @@ def interrupts() -> int:
     return 0
 
 
-def device_written_kib() -> int | None:
-    """KiB written to the device under the temporary directory (where the brokers keep their logs) since it was
-    mounted, as ext4 counts them (journal included); None if that is no ext4 filesystem."""
-    dev = os.stat(tempfile.gettempdir()).st_dev
+def device_written_kib(directory: Path | None = None) -> int | None:
+    """KiB written to the device holding directory (default: the temporary directory, where the brokers keep their
+    logs) since it was mounted, as ext4 counts them (journal included); None if that is no ext4 filesystem."""
+    dev = os.stat(directory or tempfile.gettempdir()).st_dev
     name = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve().name
     counter = Path(f"/sys/fs/ext4/{name}/lifetime_write_kbytes")
     return int(counter.read_text()) if counter.exists() else None

@@ -3,7 +3,7 @@
     .venv/bin/python bench/sync_write_bench.py                    # 3 alternating passes of 1,000 rounds: ~10 s
     .venv/bin/python bench/sync_write_bench.py --dir /var/lib/pikafka --passes 1
 
-A round is what benchmark (b) puts in one group commit: ROUND_BATCHES one-record batches of a 100-byte value,
+A round is what benchmark (b) puts in one group commit: ROUND_REQUESTS one-record batches of a 100-byte value,
 appended to one file, then made durable. Each form writes its rounds to a fresh file in --dir (default: the
 temporary directory, where the benchmarks keep their logs); the forms alternate within each pass so that the
 machine's noise falls on all of them alike. Run it on a Pi's SD card with --dir to see what its disk does.
@@ -30,30 +30,25 @@ import argparse
 import mmap
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse the other benches as modules
+from broker_bench import VALUE
+from durability_cost_bench import ROUND_REQUESTS, device_written_kib
+
 from pi_broker.log.preallocation import reserve
 from pi_broker.log.segment import RESERVE_BYTES
 from pikafka.records import Record, encode_batch
 
-ROUND_BATCHES = 8  # requests a round holds in benchmark (b) (durability_cost_bench.py prints it)
-VALUE = b"x" * 100  # benchmark (b)'s record value
 BLOCK = 4096  # O_DIRECT alignment: a page, a multiple of every logical block size a Pi's disks report
 ZEROS_AHEAD = 64 * 1024  # how far ahead the zeros forms keep written zeros (as tried on 2026-12-02)
 BUFFERED_FORMS = ("grow", "reserved", "zeros")
 FORMS = BUFFERED_FORMS + tuple(f"direct-{form}" for form in BUFFERED_FORMS)
-
-
-def device_written_kib(directory: Path) -> int | None:
-    """KiB ext4 has written to the device holding directory since it was mounted; None if that is not ext4."""
-    dev = os.stat(directory).st_dev
-    name = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve().name
-    counter = Path(f"/sys/fs/ext4/{name}/lifetime_write_kbytes")
-    return int(counter.read_text()) if counter.exists() else None
 
 
 class SpaceAhead:
@@ -153,7 +148,7 @@ class FormFigures:
         )
 
 
-def run_form(directory: Path, form: str, rounds: int, figures: FormFigures) -> bool:
+def run_form(directory: Path, form: str, batches: list[bytes], rounds: int, figures: FormFigures) -> bool:
     """One pass of one form; False if the filesystem refuses O_DIRECT."""
     how = form.removeprefix("direct-")
     path = directory / f"sync-write-bench-{form}"
@@ -164,7 +159,6 @@ def run_form(directory: Path, form: str, rounds: int, figures: FormFigures) -> b
     except OSError:
         path.unlink(missing_ok=True)
         return False
-    batches = [encode_batch([Record(VALUE)]) for _ in range(ROUND_BATCHES)]
     try:
         writer.round(batches)  # the first round also creates the file's first extent: not counted
         kib_before = device_written_kib(directory)
@@ -191,16 +185,16 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=1000, help="rounds per form and pass")
     args = parser.parse_args()
-    round_bytes = ROUND_BATCHES * len(encode_batch([Record(VALUE)]))
+    batches = [encode_batch([Record(VALUE)])] * ROUND_REQUESTS
     print(
-        f"a round: {ROUND_BATCHES} one-record batches, {round_bytes} bytes; {args.passes} passes of "
+        f"a round: {len(batches)} one-record batches, {sum(map(len, batches))} bytes; {args.passes} passes of "
         f"{args.rounds} rounds per form, in {args.dir}"
     )
     figures = {form: FormFigures() for form in FORMS}
     unsupported: set[str] = set()
     for _ in range(args.passes):
         for form in FORMS:
-            if form not in unsupported and not run_form(args.dir, form, args.rounds, figures[form]):
+            if form not in unsupported and not run_form(args.dir, form, batches, args.rounds, figures[form]):
                 unsupported.add(form)
     for form in FORMS:
         print(f"  {form:16s} O_DIRECT refused by this filesystem" if form in unsupported else figures[form].line(form))
