@@ -28,6 +28,7 @@ from pathlib import Path
 
 import aiocoap
 import cbor2
+from bare_coap_server import burn_cpu
 
 from clients import Admin, Producer
 from pikafka.protocol import CT_CBOR
@@ -71,8 +72,9 @@ def start_broker(data_dir: str, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_bare(port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "bare_coap_server.py"), "--port", str(port)])
+def start_bare(port: int, cpu_tax_us: int = 0) -> subprocess.Popen[bytes]:
+    script = str(REPO / "bench" / "bare_coap_server.py")
+    proc = subprocess.Popen([sys.executable, script, "--port", str(port), "--cpu-tax-us", str(cpu_tax_us)])
     wait_port(port, proc)
     return proc
 
@@ -108,12 +110,17 @@ def one_record_request(uri: str, topic: str, no: int) -> aiocoap.Message:
     return aiocoap.Message(code=aiocoap.POST, uri=uri, payload=body, content_format=CT_CBOR)
 
 
-async def rate_in_flight(ctx: aiocoap.Context, uri: str, topic: str, n: int, in_flight: int = 16) -> float:
+async def rate_in_flight(
+    ctx: aiocoap.Context, uri: str, topic: str, n: int, in_flight: int = 16, cpu_tax_s: float = 0.0
+) -> float:
+    """Requests/s of one-record produces, `in_flight` at once; `cpu_tax_s` of busy CPU after each answer emulates a
+    slower client CPU."""
     sem = asyncio.Semaphore(in_flight)
 
     async def one(i: int) -> None:
         async with sem:
             resp = await ctx.request(one_record_request(uri, topic, i)).response
+            burn_cpu(cpu_tax_s)
             if not resp.code.is_successful():
                 raise RuntimeError(f"{resp.code}: {resp.payload!r}")
 

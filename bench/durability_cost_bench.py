@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/durability_cost_bench.py             # 3 alternating rounds: 20 s to 4 minutes by the CPU
     .venv/bin/python bench/durability_cost_bench.py --rounds 1  # a smoke run
+    .venv/bin/python bench/durability_cost_bench.py --forms fsync,burst-2ms,burst-0.5ms --cpu-tax-us 200
+                                                  # some forms only, at about a Pi's pace
 
 Runs broker_bench's (b) (one record per request, 16 in flight, CoAP over TCP, default topic: acknowledged after the
-fsync) against the broker in six forms, and the bare aiocoap server beside them:
+fsync) against the broker in seven forms (or those `--forms` names), and the bare aiocoap server beside them:
 
 - `fsync`: the broker as shipped (on this fast disk it fsyncs on its event loop once 16 rounds were timed);
 - `linger-2ms`: the broker as shipped, except that a round on the event loop waits up to 2 ms for more requests
   (the threads' linger) instead of 0.5 ms;
-- `burst-0.5ms`: the broker as it was before 2026-12-02's stop 19: a burst of requests read at once, on the event
-  loop, is split into a round of its own once its oldest write is 0.5 ms old instead of 2 ms (both lingers 0.5 ms);
+- `burst-2ms`: the broker as it was from stop 19 to stop 31: a burst of requests read at once, on the event loop, is
+  split into a round of its own once its oldest write is 2 ms old, whatever the broker's pace (burst_pace.py);
+- `burst-0.5ms`: the broker as it was before 2026-12-02's stop 19: the same at 0.5 ms (both lingers 0.5 ms);
 - `threads`: the broker as shipped with `--loop-fsync-max-ms 0`, so that every fsync runs on an fsync thread, as on
   a slow disk;
 - `sleep`: every fsync replaced by a sleep of SLEEP_S, about what an fsync takes under this load: the same wait
@@ -18,10 +21,14 @@ fsync) against the broker in six forms, and the bare aiocoap server beside them:
 - `no-fsync`: every fsync replaced by nothing: the group-commit rounds, threads and acknowledgement queues all
   still run, with no wait.
 
-`linger-2ms`, `burst-0.5ms`, `sleep` and `no-fsync` are diagnostics made by patching the broker process this script
-starts; nothing in the product can turn its fsyncs off. For each form it prints the rate, the ratio to the bare
-server, the client's and the broker's CPU per request, the interrupts per request on the whole machine, and the KiB
+`linger-2ms`, `burst-2ms`, `burst-0.5ms`, `sleep` and `no-fsync` are diagnostics made by patching the broker process
+this script starts; nothing in the product can turn its fsyncs off. For each form it prints the rate, the ratio to the
+bare server, the client's and the broker's CPU per request, the interrupts per request on the whole machine, and the KiB
 written to the device per request (ext4's own count for the filesystem holding the logs: what an SD card's wear counts).
+
+`--cpu-tax-us N` emulates a slower CPU, about a Pi's at 200: N µs of busy CPU are added to every produce the broker
+appends, to every request the bare server answers and to every answer the client takes. The device is this
+machine's still, so the ratios then show how the round rules fare at a Pi's pace, not what a Pi would measure.
 
 For the broker's forms it also prints how long a group-commit round's fsync took under that load and how many
 requests a round held. The wall and CPU time are taken in the broker process around each FlushTicket.sync, which
@@ -49,19 +56,22 @@ from pathlib import Path
 import aiocoap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse broker_bench as a module
+from bare_coap_server import burn_cpu
 from broker_bench import VALUE, free_port, rate_in_flight, start_bare, stop, wait_port
 
 from clients import Admin
 from pi_broker.log.partition_log import PartitionLog
+from pi_broker.partition import Partition
 from pikafka.records import Record, encode_batch
 from pikafka.topic_config import TopicConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks.md)
-MODES = ("fsync", "linger-2ms", "burst-0.5ms", "threads", "sleep", "no-fsync")
+MODES = ("fsync", "linger-2ms", "burst-2ms", "burst-0.5ms", "threads", "sleep", "no-fsync")
 REQUESTS = 4000
 FSYNC_LOG_ENV = "PIKAFKA_BENCH_FSYNC_LOG"  # where the broker process writes its fsync timings as it exits
 ROUND_REQUESTS = 8  # requests a round holds in this benchmark (16 in flight: one half answered, one half synced)
+CPU_TAX_ENV = "PIKAFKA_BENCH_CPU_TAX_US"  # busy CPU the broker process adds to every append (--cpu-tax-us)
 
 
 def serve(mode: str, argv: list[str]) -> int:
@@ -76,8 +86,11 @@ def serve(mode: str, argv: list[str]) -> int:
     elif mode == "linger-2ms":
         # The broker builds its GroupCommit by this name; the partial changes only the loop's linger.
         setattr(broker, "GroupCommit", functools.partial(GroupCommit, loop_linger_s=0.002))  # noqa: B010
+    elif mode == "burst-2ms":
+        # A floor at the ceiling: the burst's bound stays 2 ms whatever the pace.
+        setattr(broker, "GroupCommit", functools.partial(GroupCommit, min_burst_s=0.002))  # noqa: B010
     elif mode == "burst-0.5ms":
-        # On the loop max_linger_s only bounds bursts; the threads' rounds, before the placement moves to the loop,
+        # On the loop max_linger_s only caps bursts; the threads' rounds, before the placement moves to the loop,
         # fall within the warm-up.
         setattr(broker, "GroupCommit", functools.partial(GroupCommit, max_linger_s=0.0005))  # noqa: B010
     elif mode != "fsync":
@@ -96,6 +109,15 @@ def serve(mode: str, argv: list[str]) -> int:
                 return getattr(os, name)
 
         flush_ticket.os = PatchedOs()  # type: ignore[attr-defined,assignment]
+    cpu_tax_s = int(os.environ.get(CPU_TAX_ENV, "0")) / 1e6
+    if cpu_tax_s > 0:
+        appended = GroupCommit.appended
+
+        def taxed_appended(self: GroupCommit, partition: Partition, *, urgent: bool = False) -> None:
+            burn_cpu(cpu_tax_s)
+            appended(self, partition, urgent=urgent)
+
+        setattr(GroupCommit, "appended", taxed_appended)  # noqa: B010
     timings: list[tuple[float, float, float]] = []  # (monotonic end, wall seconds, CPU seconds) of each fsync
     sync = flush_ticket.FlushTicket.sync
 
@@ -196,13 +218,13 @@ def idle_fsync_reference(rounds: int = 400) -> FsyncFigures:
     return FsyncFigures(statistics.mean(walls) * 1e6, statistics.mean(cpus) * 1e6, ROUND_REQUESTS)
 
 
-async def measure(ctx: aiocoap.Context, port: int, pid: int) -> Sample:
+async def measure(ctx: aiocoap.Context, port: int, pid: int, cpu_tax_s: float) -> Sample:
     uri = f"coap+tcp://127.0.0.1:{port}/produce"
-    await rate_in_flight(ctx, uri, "single", 300)  # warm-up
+    await rate_in_flight(ctx, uri, "single", 300, cpu_tax_s=cpu_tax_s)  # warm-up
     me = os.getpid()
     c0, s0, i0, w0 = cpu_seconds(me), cpu_seconds(pid), interrupts(), device_written_kib()
     t0 = time.monotonic()
-    rate = await rate_in_flight(ctx, uri, "single", REQUESTS)
+    rate = await rate_in_flight(ctx, uri, "single", REQUESTS, cpu_tax_s=cpu_tax_s)
     t1 = time.monotonic()
     c1, s1, i1 = cpu_seconds(me), cpu_seconds(pid), interrupts()
     await asyncio.sleep(0.05)  # the last round's writes reach the counter when its fsync returns; a margin for it
@@ -211,38 +233,38 @@ async def measure(ctx: aiocoap.Context, port: int, pid: int) -> Sample:
     return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS, written, (t0, t1))
 
 
-async def broker_sample(ctx: aiocoap.Context, mode: str) -> Sample:
+async def broker_sample(ctx: aiocoap.Context, mode: str, cpu_tax_us: int) -> Sample:
     with tempfile.TemporaryDirectory(prefix="pikafka-bench-durability-") as tmp:
         port = free_port()
         cmd = [sys.executable, __file__, "--serve", mode, "--id", "1", "--bind", "127.0.0.1", "--port", str(port)]
         log_path = Path(tmp) / "fsyncs.json"  # beside the data dir, not in it
         data_dir = Path(tmp) / "data"
-        env = {**os.environ, FSYNC_LOG_ENV: str(log_path)}
+        env = {**os.environ, FSYNC_LOG_ENV: str(log_path), CPU_TAX_ENV: str(cpu_tax_us)}
         proc = subprocess.Popen([*cmd, "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL, env=env)
         try:
             wait_port(port, proc)
             admin = Admin(bootstrap=f"coap://127.0.0.1:{port}")
             await admin.create_topic("single", partitions=1, replication_factor=1)
             await admin.close()
-            sample = await measure(ctx, port, proc.pid)
+            sample = await measure(ctx, port, proc.pid, cpu_tax_us / 1e6)
         finally:
             stop(proc)
         sample.fsync = broker_fsyncs(log_path, sample.window)
         return sample
 
 
-async def main(rounds: int) -> None:
+async def main(rounds: int, forms: tuple[str, ...], cpu_tax_us: int) -> None:
     idle = idle_fsync_reference()
     ctx = await aiocoap.Context.create_client_context()
     bare_port = free_port()
-    bare = start_bare(bare_port)
-    samples: dict[str, list[Sample]] = {name: [] for name in ("bare", *MODES)}
+    bare = start_bare(bare_port, cpu_tax_us)
+    samples: dict[str, list[Sample]] = {name: [] for name in ("bare", *forms)}
     try:
         for _ in range(rounds):
             # Alternating spreads the machine's drift over every form; each broker starts fresh.
-            samples["bare"].append(await measure(ctx, bare_port, bare.pid))
-            for mode in MODES:
-                samples[mode].append(await broker_sample(ctx, mode))
+            samples["bare"].append(await measure(ctx, bare_port, bare.pid, cpu_tax_us / 1e6))
+            for mode in forms:
+                samples[mode].append(await broker_sample(ctx, mode, cpu_tax_us))
     finally:
         await ctx.shutdown()
         stop(bare)
@@ -277,4 +299,10 @@ if __name__ == "__main__":
         sys.exit(serve(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--forms", default=",".join(MODES), help="comma-separated forms of the broker to run")
+    parser.add_argument("--cpu-tax-us", type=int, default=0, help="busy CPU added to every request on each side")
+    args = parser.parse_args()
+    chosen = tuple(form for form in args.forms.split(",") if form)
+    if unknown := [form for form in chosen if form not in MODES]:
+        parser.error(f"unknown forms {', '.join(unknown)}; known: {', '.join(MODES)}")
+    asyncio.run(main(args.rounds, chosen, args.cpu_tax_us))

@@ -17,14 +17,13 @@ When rounds start:
   fsyncs, which an SD card's wear and IOPS both count. On the loop (a fast disk) the fsync blocks the loop, so the
   requests read meanwhile join the next round anyway; there the 2 ms linger left the producers idle, and 0.5 ms
   served 0.83 of the bare server's rate against 0.69 (12 paired rounds), with rounds of 5.9 requests against 7.9;
-- during a long burst of requests parsed in one read, once the oldest waiting write is `max_linger_s` (2 ms) old,
-  wherever the fsyncs run, so the first requests of the burst do not wait for the last. Not the loop's shorter
+- during a long burst of requests parsed in one read, once the oldest waiting write is old enough, so that the first
+  requests of the burst do not wait for the last. While the fsyncs run on the threads (an SD card, whose fsyncs are
+  what the broker runs short of) that is `max_linger_s` (2 ms). While the loop fsyncs itself it is about six
+  requests' worth of the broker's own pace, within 0.5-2 ms (burst_pace.py): 0.5 ms where a produce takes the broker
+  0.1 ms, about 2 ms at a Pi's 0.3 ms, so rounds hold about as many requests on either CPU. Not the loop's shorter
   linger: that one only spares producers an idle loop, while a burst's requests are already read and, on the loop,
-  would wait out a split-off round's fsync anyway. The best bound depends on the CPU (docs/benchmarks.md, stops
-  19-20): where a produce takes the broker 0.1 ms, 0.5 ms served (b) over TCP a little better; at a Pi's pace
-  (0.3 ms) 2 ms served 0.86 against 0.78 with rounds over twice as large and about half the device writes per
-  request. pikafka runs on a Pi, where 0.5 ms covers under two requests' work and its rounds held 3.0 requests
-  against 7.1-7.3;
+  would wait out a split-off round's fsync anyway;
 - on the fsync threads, up to `concurrent_rounds` at once (two): the next round may begin while the previous one is
   still in the kernel, rather than only once the loop has heard back from it. Two in flight beat one by about 5 % in
   one-record produce rate, and three were no better than one.
@@ -48,6 +47,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 
+from pi_broker.burst_pace import BurstPace
 from pi_broker.fsync_placement import FsyncPlacement
 from pi_broker.fsync_thread import FsyncThreads
 from pi_broker.log.flush_ticket import FlushTicket
@@ -64,11 +64,14 @@ class GroupCommit:
         max_linger_s: float = 0.002,
         loop_linger_s: float = 0.0005,
         placement: FsyncPlacement | None = None,
+        min_burst_s: float = 0.0005,
+        burst_requests: int = 6,
     ) -> None:
         self.placement = placement if placement is not None else FsyncPlacement()
         self._max_rounds = concurrent_rounds
-        self._max_linger_s = max_linger_s  # while fsyncs run on the threads (a slow disk), and any burst's bound
+        self._max_linger_s = max_linger_s  # while fsyncs run on the threads (a slow disk), and the most a burst waits
         self._loop_linger_s = loop_linger_s  # while the loop fsyncs itself (a fast disk)
+        self.burst_pace = BurstPace(min_burst_s, max_linger_s, burst_requests)  # a burst's bound on the loop
         self._wrote = False  # an urgent write since the scheduled round last looked: it waits while they come
         self._dirty_since = 0.0  # monotonic time of the oldest write no round has taken yet
         self._urgent: set[Partition] = set()
@@ -95,8 +98,10 @@ class GroupCommit:
         next round whatever the topic's flush_interval_ms (a follower must be durable before it fetches again)."""
         interval_ms = partition.log.config.flush_interval_ms
         if urgent or interval_ms <= 0:
+            now = time.monotonic()
             if not self._urgent:
-                self._dirty_since = time.monotonic()
+                self._dirty_since = now
+            self.burst_pace.appended(now)
             self._urgent.add(partition)
             self._wrote = True
             if self._rounds:
@@ -104,7 +109,7 @@ class GroupCommit:
             if (
                 self._round_scheduled
                 and len(self._rounds) < self._max_rounds
-                and time.monotonic() - self._dirty_since > self._max_linger_s
+                and now - self._dirty_since > self.burst_bound_s()
             ):
                 # A long burst of requests read at once: its first writes should not wait for the whole burst.
                 self._begin_round()
@@ -164,6 +169,10 @@ class GroupCommit:
         if len(self._rounds) < self._max_rounds:
             self._begin_round()
 
+    def burst_bound_s(self) -> float:
+        """How old a burst's oldest waiting write may grow before a round is split off it, where rounds now run."""
+        return self.burst_pace.bound_s if self.placement.on_loop else self._max_linger_s
+
     def _linger_s(self) -> float:
         # On a fast disk the loop is blocked by its own fsync anyway, and requests read meanwhile form the next round;
         # lingering there only leaves the producers idle (0.83 against 0.69 in benchmark (b), docs/benchmarks.md).
@@ -195,6 +204,7 @@ class GroupCommit:
         thread as the placement says; False if none was dirty."""
         due, self._urgent = self._urgent, set()
         self._wrote = False
+        self.burst_pace.round_began()
         flushing: dict[FlushTicket, Partition] = {}
         for partition in due:
             if partition.closed:

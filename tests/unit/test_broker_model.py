@@ -87,8 +87,8 @@ async def test_concurrent_produces_share_fsync_rounds(placed_broker: Broker):
 @pytest.mark.parametrize("where", ["threads", "loop"])
 async def test_requests_arriving_while_a_round_waits_share_its_fsync(tmp_path: Path, where: str):
     broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
-    # A long linger, so that only "no new requests in the last loop iteration" can start the round.
-    broker._group_commit = GroupCommit(max_linger_s=30.0, loop_linger_s=30.0)
+    # A long linger and burst bound, so that only "no new requests in the last loop iteration" can start the round.
+    broker._group_commit = GroupCommit(max_linger_s=30.0, loop_linger_s=30.0, min_burst_s=30.0)
     place_fsyncs(broker, where)
     broker.open()
     broker.start()
@@ -135,14 +135,24 @@ async def test_the_linger_is_the_one_for_where_the_fsyncs_run(tmp_path: Path, wh
         await broker.close()
 
 
-@pytest.mark.parametrize(("max_linger_s", "loop_linger_s", "one_round"), [(30.0, 0.0, True), (0.001, 30.0, False)])
-async def test_a_burst_on_the_loop_is_split_by_the_longer_linger_only(
-    tmp_path: Path, max_linger_s: float, loop_linger_s: float, one_round: bool
+@pytest.mark.parametrize(
+    ("max_linger_s", "loop_linger_s", "burst_requests", "one_round"),
+    [
+        (30.0, 0.0, 1000, True),  # the loop's short linger does not split a burst
+        (0.001, 30.0, 1000, False),  # max_linger_s caps the burst's bound
+        (30.0, 30.0, 3, False),  # the broker's pace sets it: three requests' worth of 2 ms each, well under 30 s
+    ],
+)
+async def test_a_burst_on_the_loop_is_split_by_its_own_bound_only(
+    tmp_path: Path, max_linger_s: float, loop_linger_s: float, burst_requests: int, one_round: bool
 ):
     # Requests read in one go are appended with no loop iteration between them. On the loop the short linger must
-    # not split them (each split-off round blocks the rest of the burst for an fsync); max_linger_s bounds them.
+    # not split them (each split-off round blocks the rest of the burst for an fsync); the burst's bound does: about
+    # burst_requests requests' worth of the broker's pace, never more than max_linger_s.
     broker = Broker(BrokerConfig(data_dir=tmp_path / "data", bind="127.0.0.1"))
-    broker._group_commit = GroupCommit(max_linger_s=max_linger_s, loop_linger_s=loop_linger_s)
+    broker._group_commit = GroupCommit(
+        max_linger_s=max_linger_s, loop_linger_s=loop_linger_s, min_burst_s=0.0, burst_requests=burst_requests
+    )
     place_fsyncs(broker, "loop")
     broker.open()
     broker.start()
