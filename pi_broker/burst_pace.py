@@ -46,7 +46,7 @@ class BurstPace:
         """Note an append at monotonic time `now` that joins the round being gathered."""
         if self._last_append is not None:
             gap = min(now - self._last_append, self._ceiling_s / self._requests)
-            self._gap_s += (max(gap, 0.0) - self._gap_s) * _MEAN_WEIGHT
+            self._gap_s += (gap - self._gap_s) * _MEAN_WEIGHT
         self._last_append = now
 
     def round_began(self) -> None:

@@ -71,7 +71,7 @@ class GroupCommit:
         self._max_rounds = concurrent_rounds
         self._max_linger_s = max_linger_s  # while fsyncs run on the threads (a slow disk), and the most a burst waits
         self._loop_linger_s = loop_linger_s  # while the loop fsyncs itself (a fast disk)
-        self.burst_pace = BurstPace(min_burst_s, max_linger_s, burst_requests)  # a burst's bound on the loop
+        self._burst_pace = BurstPace(min_burst_s, max_linger_s, burst_requests)  # a burst's bound on the loop
         self._wrote = False  # an urgent write since the scheduled round last looked: it waits while they come
         self._dirty_since = 0.0  # monotonic time of the oldest write no round has taken yet
         self._urgent: set[Partition] = set()
@@ -101,7 +101,7 @@ class GroupCommit:
             now = time.monotonic()
             if not self._urgent:
                 self._dirty_since = now
-            self.burst_pace.appended(now)
+            self._burst_pace.appended(now)
             self._urgent.add(partition)
             self._wrote = True
             if self._rounds:
@@ -109,7 +109,7 @@ class GroupCommit:
             if (
                 self._round_scheduled
                 and len(self._rounds) < self._max_rounds
-                and now - self._dirty_since > self.burst_bound_s()
+                and now - self._dirty_since > self._burst_bound_s()
             ):
                 # A long burst of requests read at once: its first writes should not wait for the whole burst.
                 self._begin_round()
@@ -169,9 +169,9 @@ class GroupCommit:
         if len(self._rounds) < self._max_rounds:
             self._begin_round()
 
-    def burst_bound_s(self) -> float:
+    def _burst_bound_s(self) -> float:
         """How old a burst's oldest waiting write may grow before a round is split off it, where rounds now run."""
-        return self.burst_pace.bound_s if self.placement.on_loop else self._max_linger_s
+        return self._burst_pace.bound_s if self.placement.on_loop else self._max_linger_s
 
     def _linger_s(self) -> float:
         # On a fast disk the loop is blocked by its own fsync anyway, and requests read meanwhile form the next round;
@@ -204,7 +204,7 @@ class GroupCommit:
         thread as the placement says; False if none was dirty."""
         due, self._urgent = self._urgent, set()
         self._wrote = False
-        self.burst_pace.round_began()
+        self._burst_pace.round_began()
         flushing: dict[FlushTicket, Partition] = {}
         for partition in due:
             if partition.closed:
