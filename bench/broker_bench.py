@@ -191,7 +191,7 @@ async def main(quick: bool) -> None:
         # answers exactly as many requests in (b) as the bare server does. Over UDP aiocoap keeps every exchange for
         # its deduplication lifetime (about 4 minutes) and each full garbage collection walks them all: serving the
         # lazy rounds too, the broker carried twice the bare server's exchanges, and its full collections took 1.6 s
-        # in all against the bare server's 0.7 s (docs/benchmarks.md, stop 18).
+        # in all against the bare server's 0.7 s (docs/benchmarks-history.md, stop 18).
         lazy_broker = start_broker(os.path.join(tmp, "lazy"), lazy_port)
         started.callback(stop, lazy_broker)
         url = f"coap://127.0.0.1:{port}"

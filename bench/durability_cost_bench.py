@@ -66,7 +66,7 @@ from pikafka.records import Record, encode_batch
 from pikafka.topic_config import TopicConfig
 
 REPO = Path(__file__).resolve().parent.parent
-SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks.md)
+SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks-history.md)
 MODES = ("fsync", "linger-2ms", "burst-2ms", "burst-0.5ms", "threads", "sleep", "no-fsync")
 REQUESTS = 4000
 FSYNC_LOG_ENV = "PIKAFKA_BENCH_FSYNC_LOG"  # where the broker process writes its fsync timings as it exits

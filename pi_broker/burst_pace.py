@@ -1,15 +1,15 @@
 """BurstPace: how long a burst of requests read at once may grow before the group commit splits a round off it.
 
-Under load a CoAP-over-TCP read brings many produces at once, and they are appended back to back. While the event
-loop fsyncs a round itself (a fast disk), the producers of a burst hear nothing until the round that holds them is
-synced; split the burst too late and they sit idle through the whole burst, too early and every round's fsync covers
-only a request or two, which costs an SD card's wear and the broker's CPU. What matters is how many requests' work
-a round holds, not how many milliseconds: a fixed bound is right for one CPU only. Measured on the 2-core bench
-machine with 16 one-record produces in flight (`bench/durability_cost_bench.py`, docs/benchmarks.md stop 32): where
-a produce costs the broker about 0.1 ms, a fixed 2 ms bound served 0.70-0.80 of the bare aiocoap server's rate and
-0.5 ms 0.79-0.88; with 0.2 ms of CPU added to every produce and request (`--cpu-tax-us 200`, about a Pi's pace)
-0.5 ms served 0.84 against 0.91-0.93 and wrote 2.08 KiB to the device per request against 1.18-1.20, in rounds of
-3.1 requests against 7.1.
+Under load a CoAP-over-TCP read brings many produces at once, and they are appended back to back. While the event loop
+fsyncs a round itself (a fast disk), the producers of a burst hear nothing until the round that holds them is synced;
+split the burst too late and they sit idle through the whole burst, too early and every round's fsync covers only a
+request or two, which costs an SD card's wear and the broker's CPU. What matters is how many requests' work a round
+holds, not how many milliseconds: a fixed bound is right for one CPU only. Measured on the 2-core bench machine with 16
+one-record produces in flight (`bench/durability_cost_bench.py`; docs/benchmarks-history.md, stop 32): where a produce
+costs the broker about 0.1 ms, a fixed 2 ms bound served 0.70-0.80 of the bare aiocoap server's rate and 0.5 ms
+0.79-0.88; with 0.2 ms of CPU added to every produce and request (`--cpu-tax-us 200`, about a Pi's pace) 0.5 ms served
+0.84 against 0.91-0.93 and wrote 2.08 KiB to the device per request against 1.18-1.20, in rounds of 3.1 requests against
+7.1.
 
 So the bound follows the broker's own pace: `requests` times a running mean of the gap between appends that wait
 for the same round, kept within [`floor_s`, `ceiling_s`]. A gap that spans a round (the loop's own fsync, or an idle

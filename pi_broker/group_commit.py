@@ -175,7 +175,8 @@ class GroupCommit:
 
     def _linger_s(self) -> float:
         # On a fast disk the loop is blocked by its own fsync anyway, and requests read meanwhile form the next round;
-        # lingering there only leaves the producers idle (0.83 against 0.69 in benchmark (b), docs/benchmarks.md).
+        # lingering there only leaves the producers idle (0.83 against 0.69 in benchmark (b),
+        # docs/benchmarks-history.md).
         # On a slow disk the fsync is what the broker runs short of, so rounds wait longer to share one.
         return self._loop_linger_s if self.placement.on_loop else self._max_linger_s
 

@@ -80,7 +80,7 @@ class ProduceBatch(NamedTuple):
 
 class ProduceRequest(NamedTuple):
     """NamedTuples, not frozen dataclasses, like every value a produce request makes on its way to the log: cheaper to
-    build, and the broker builds several per request (docs/benchmarks.md, produce_path_bench.py)."""
+    build, and the broker builds several per request (docs/benchmarks-history.md, produce_path_bench.py)."""
 
     acks: int
     timeout_ms: int

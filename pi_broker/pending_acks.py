@@ -5,7 +5,7 @@ which on a cluster leader means fsynced on every in-sync replica (acks=all). Eac
 requests in offset order (AckQueue); when the flushed offset or the high watermark moves, the partition pops exactly
 the entries now covered and each request's callback runs right there. No task is woken to re-check a condition and
 go back to sleep, no per-request future is shielded and no per-request timeout context is entered: on a Pi every one
-of those costs showed up in the profile of one-record produces (docs/benchmarks.md).
+of those costs showed up in the profile of one-record produces (docs/benchmarks-history.md).
 
 A request may span several partitions (PendingProduce counts them down) and has one deadline (a single timer). An
 error on any partition (a failed fsync, a deleted partition, a lost leadership) fails the whole request once;

@@ -3,9 +3,10 @@
 An append that grows a file changes its size, and ext4 must commit its journal to make a new size durable: every
 fsync of a growing segment then writes journal blocks besides the data. When the file already reaches past the
 write (space reserved with fallocate(2), read back as zeros), fdatasync writes the data and, at most once per newly
-touched block, the extent that now holds it. Measured on the 2-core bench machine (docs/benchmarks.md), 1,500-byte
-appends each followed by fdatasync: 150 µs and 7.0 KiB written to the device per sync, against 215 µs and 9.5 KiB
-when each append grew the file. Fewer bytes per sync is what an SD card's wear counts.
+touched block, the extent that now holds it. Measured on the 2-core bench machine
+(docs/benchmarks-history.md), 1,500-byte appends each followed by fdatasync: 150 µs and 7.0 KiB written to the
+device per sync, against 215 µs and 9.5 KiB when each append grew the file. Fewer bytes per sync is what an SD
+card's wear counts.
 
 fallocate(2) is called directly, not posix_fallocate(3): where a filesystem cannot reserve space, glibc's
 posix_fallocate emulates it by writing into every block, which would double an SD card's writes. The call here fails
