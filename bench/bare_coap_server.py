@@ -1,4 +1,9 @@
-"""A bare aiocoap server whose one resource does nothing: the yardstick the broker benchmark compares against."""
+"""A bare aiocoap server whose one resource does nothing: the yardstick the broker benchmark compares against.
+
+`--answer produce` makes it answer with what the broker answers a one-record produce with (a CBOR document of the
+offsets, Content-Format 60) instead of an empty 2.04: durability_cost_bench.py's `bare-answer` form, which shows what
+the answer alone costs the client.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,13 @@ import time
 
 import aiocoap
 import aiocoap.resource as resource
+import cbor2
+
+CT_CBOR = 60
+# The broker's answer to a one-record produce (ProduceResource), offsets of a busy partition's size.
+PRODUCE_ANSWER = cbor2.dumps(
+    {"results": [{"topic": "single", "partition": 0, "base_offset": 1_234_567, "last_offset": 1_234_567}]}
+)
 
 
 def burn_cpu(seconds: float) -> None:
@@ -19,18 +31,21 @@ def burn_cpu(seconds: float) -> None:
 
 
 class Nothing(resource.Resource):  # type: ignore[misc]
-    def __init__(self, cpu_tax_s: float = 0.0) -> None:
+    def __init__(self, cpu_tax_s: float = 0.0, answer: str = "empty") -> None:
         super().__init__()
         self._cpu_tax_s = cpu_tax_s
+        self._produce_answer = answer == "produce"
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         burn_cpu(self._cpu_tax_s)
+        if self._produce_answer:
+            return aiocoap.Message(code=aiocoap.CHANGED, payload=PRODUCE_ANSWER, content_format=CT_CBOR)
         return aiocoap.Message(code=aiocoap.CHANGED, payload=b"")
 
 
-async def serve(port: int, cpu_tax_s: float = 0.0) -> None:
+async def serve(port: int, cpu_tax_s: float = 0.0, answer: str = "empty") -> None:
     site = resource.Site()
-    site.add_resource(["produce"], Nothing(cpu_tax_s))
+    site.add_resource(["produce"], Nothing(cpu_tax_s, answer))
     await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
     await asyncio.Event().wait()
 
@@ -39,5 +54,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cpu-tax-us", type=int, default=0, help="busy CPU added to every request, in µs")
+    parser.add_argument("--answer", choices=("empty", "produce"), default="empty", help="what every answer carries")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.cpu_tax_us / 1e6))
+    asyncio.run(serve(args.port, args.cpu_tax_us / 1e6, args.answer))

@@ -72,9 +72,10 @@ def start_broker(data_dir: str, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_bare(port: int, cpu_tax_us: int = 0) -> subprocess.Popen[bytes]:
+def start_bare(port: int, cpu_tax_us: int = 0, answer: str = "empty") -> subprocess.Popen[bytes]:
     script = str(REPO / "bench" / "bare_coap_server.py")
-    proc = subprocess.Popen([sys.executable, script, "--port", str(port), "--cpu-tax-us", str(cpu_tax_us)])
+    args = ["--port", str(port), "--cpu-tax-us", str(cpu_tax_us), "--answer", answer]
+    proc = subprocess.Popen([sys.executable, script, *args])
     wait_port(port, proc)
     return proc
 

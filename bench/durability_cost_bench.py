@@ -4,6 +4,8 @@
     .venv/bin/python bench/durability_cost_bench.py --rounds 1  # a smoke run
     .venv/bin/python bench/durability_cost_bench.py --forms fsync,burst-2ms,burst-0.5ms --cpu-tax-us 200
                                                   # some forms only, at about a Pi's pace
+    .venv/bin/python bench/durability_cost_bench.py --rounds 5 --forms bare-answer,fsync,fsync+10us,fsync+20us
+                                                  # what the answer and the broker's own CPU cost the ratio
 
 Runs broker_bench's (b) (one record per request, 16 in flight, CoAP over TCP, default topic: acknowledged after the
 fsync) against the broker in seven forms (or those `--forms` names), and the bare aiocoap server beside them:
@@ -19,7 +21,13 @@ fsync) against the broker in seven forms (or those `--forms` names), and the bar
 - `sleep`: every fsync replaced by a sleep of SLEEP_S, about what an fsync takes under this load: the same wait
   for the producers, without any disk I/O;
 - `no-fsync`: every fsync replaced by nothing: the group-commit rounds, threads and acknowledgement queues all
-  still run, with no wait.
+  still run, with no wait;
+- `fsync+Nus` (any N, named only with `--forms`): the broker as shipped with N µs of busy CPU added to every
+  produce it appends, and nothing added to the client or the bare server: how much of the ratio each microsecond of
+  the broker's own CPU per request costs, so what a cheaper produce path would buy.
+- `bare-answer` (named only with `--forms`): no broker but a second bare aiocoap server, answering every request
+  with the broker's answer to a one-record produce (its CBOR offsets, Content-Format 60) instead of an empty 2.04:
+  what reading the answer alone costs the client, which the ratio counts against the broker.
 
 `linger-2ms`, `burst-2ms`, `burst-0.5ms`, `sleep` and `no-fsync` are diagnostics made by patching the broker process
 this script starts; nothing in the product can turn its fsyncs off. For each form it prints the rate, the ratio to the
@@ -45,6 +53,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -68,6 +77,8 @@ from pikafka.topic_config import TopicConfig
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks-history.md)
 MODES = ("fsync", "linger-2ms", "burst-2ms", "burst-0.5ms", "threads", "sleep", "no-fsync")
+BARE_ANSWER_FORM = "bare-answer"  # the bare server answering as the broker does
+EXTRA_CPU_FORM = re.compile(r"fsync\+(\d+)us")  # the shipped broker, N µs of busy CPU added to every append
 REQUESTS = 4000
 FSYNC_LOG_ENV = "PIKAFKA_BENCH_FSYNC_LOG"  # where the broker process writes its fsync timings as it exits
 ROUND_REQUESTS = 8  # requests a round holds in this benchmark (16 in flight: one half answered, one half synced)
@@ -233,13 +244,16 @@ async def measure(ctx: aiocoap.Context, port: int, pid: int, cpu_tax_s: float) -
     return Sample(rate, (c1 - c0) / REQUESTS * 1e6, (s1 - s0) / REQUESTS * 1e6, (i1 - i0) / REQUESTS, written, (t0, t1))
 
 
-async def broker_sample(ctx: aiocoap.Context, mode: str, cpu_tax_us: int) -> Sample:
+async def broker_sample(ctx: aiocoap.Context, form: str, cpu_tax_us: int) -> Sample:
+    mode, broker_tax_us = form, cpu_tax_us
+    if extra := EXTRA_CPU_FORM.fullmatch(form):
+        mode, broker_tax_us = "fsync", cpu_tax_us + int(extra.group(1))  # the broker's side only
     with tempfile.TemporaryDirectory(prefix="pikafka-bench-durability-") as tmp:
         port = free_port()
         cmd = [sys.executable, __file__, "--serve", mode, "--id", "1", "--bind", "127.0.0.1", "--port", str(port)]
         log_path = Path(tmp) / "fsyncs.json"  # beside the data dir, not in it
         data_dir = Path(tmp) / "data"
-        env = {**os.environ, FSYNC_LOG_ENV: str(log_path), CPU_TAX_ENV: str(cpu_tax_us)}
+        env = {**os.environ, FSYNC_LOG_ENV: str(log_path), CPU_TAX_ENV: str(broker_tax_us)}
         proc = subprocess.Popen([*cmd, "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL, env=env)
         try:
             wait_port(port, proc)
@@ -258,16 +272,26 @@ async def main(rounds: int, forms: tuple[str, ...], cpu_tax_us: int) -> None:
     ctx = await aiocoap.Context.create_client_context()
     bare_port = free_port()
     bare = start_bare(bare_port, cpu_tax_us)
+    answering: tuple[int, subprocess.Popen[bytes]] | None = None
+    if BARE_ANSWER_FORM in forms:
+        answering_port = free_port()
+        answering = answering_port, start_bare(answering_port, cpu_tax_us, answer="produce")
     samples: dict[str, list[Sample]] = {name: [] for name in ("bare", *forms)}
     try:
         for _ in range(rounds):
             # Alternating spreads the machine's drift over every form; each broker starts fresh.
             samples["bare"].append(await measure(ctx, bare_port, bare.pid, cpu_tax_us / 1e6))
             for mode in forms:
-                samples[mode].append(await broker_sample(ctx, mode, cpu_tax_us))
+                if mode == BARE_ANSWER_FORM and answering is not None:
+                    sample = await measure(ctx, answering[0], answering[1].pid, cpu_tax_us / 1e6)
+                else:
+                    sample = await broker_sample(ctx, mode, cpu_tax_us)
+                samples[mode].append(sample)
     finally:
         await ctx.shutdown()
         stop(bare)
+        if answering is not None:
+            stop(answering[1])
     bare_rate = statistics.median(s.rate for s in samples["bare"])
     print(f"(b) over CoAP over TCP, {REQUESTS:,} requests, 16 in flight, medians of {rounds} alternating rounds")
     print(
@@ -279,7 +303,7 @@ async def main(rounds: int, forms: tuple[str, ...], cpu_tax_us: int) -> None:
         written = [s.device_kib for s in got if s.device_kib is not None]
         fsyncs = [s.fsync for s in got if s.fsync is not None]
         print(
-            f"  {name:10s} {rate:6,.0f} req/s  ratio {rate / bare_rate:.2f}  "
+            f"  {name:11s} {rate:6,.0f} req/s  ratio {rate / bare_rate:.2f}  "
             f"client {statistics.median(s.client_us for s in got):4.0f} us/req  "
             f"server {statistics.median(s.server_us for s in got):4.0f} us/req  "
             f"interrupts {statistics.median(s.interrupts for s in got):.1f}/req  "
@@ -303,6 +327,7 @@ if __name__ == "__main__":
     parser.add_argument("--cpu-tax-us", type=int, default=0, help="busy CPU added to every request on each side")
     args = parser.parse_args()
     chosen = tuple(form for form in args.forms.split(",") if form)
-    if unknown := [form for form in chosen if form not in MODES]:
-        parser.error(f"unknown forms {', '.join(unknown)}; known: {', '.join(MODES)}")
+    extra = (BARE_ANSWER_FORM,)
+    if unknown := [form for form in chosen if form not in MODES + extra and not EXTRA_CPU_FORM.fullmatch(form)]:
+        parser.error(f"unknown forms {', '.join(unknown)}; known: {', '.join(MODES + extra)} and fsync+Nus")
     asyncio.run(main(args.rounds, chosen, args.cpu_tax_us))
