@@ -1,8 +1,9 @@
 """A bare aiocoap server whose one resource does nothing: the yardstick the broker benchmark compares against.
 
 `--answer produce` makes it answer with what the broker answers a one-record produce with (a CBOR document of the
-offsets, Content-Format 60) instead of an empty 2.04: durability_cost_bench.py's `bare-answer` form, which shows what
-the answer alone costs the client.
+offsets, Content-Format 60) instead of an empty 2.04, and `--answer format` with an empty payload that still carries
+Content-Format 60: durability_cost_bench.py's `bare-answer` and `bare-format` forms, which show what the answer alone
+costs, and how much of it is the option.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ class Nothing(resource.Resource):  # type: ignore[misc]
     def __init__(self, cpu_tax_s: float = 0.0, answer: str = "empty") -> None:
         super().__init__()
         self._cpu_tax_s = cpu_tax_s
-        self._produce_answer = answer == "produce"
+        self._answer = answer
 
     async def render_post(self, request: aiocoap.Message) -> aiocoap.Message:
         burn_cpu(self._cpu_tax_s)
-        if self._produce_answer:
+        if self._answer == "produce":
             return aiocoap.Message(code=aiocoap.CHANGED, payload=PRODUCE_ANSWER, content_format=CT_CBOR)
+        if self._answer == "format":
+            return aiocoap.Message(code=aiocoap.CHANGED, payload=b"", content_format=CT_CBOR)
         return aiocoap.Message(code=aiocoap.CHANGED, payload=b"")
 
 
@@ -54,6 +57,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cpu-tax-us", type=int, default=0, help="busy CPU added to every request, in µs")
-    parser.add_argument("--answer", choices=("empty", "produce"), default="empty", help="what every answer carries")
+    parser.add_argument(
+        "--answer", choices=("empty", "produce", "format"), default="empty", help="what every answer carries"
+    )
     args = parser.parse_args()
     asyncio.run(serve(args.port, args.cpu_tax_us / 1e6, args.answer))

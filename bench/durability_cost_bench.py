@@ -4,11 +4,12 @@
     .venv/bin/python bench/durability_cost_bench.py --rounds 1  # a smoke run
     .venv/bin/python bench/durability_cost_bench.py --forms fsync,burst-2ms,burst-0.5ms --cpu-tax-us 200
                                                   # some forms only, at about a Pi's pace
-    .venv/bin/python bench/durability_cost_bench.py --rounds 5 --forms bare-answer,fsync,fsync+10us,fsync+20us
+    .venv/bin/python bench/durability_cost_bench.py --rounds 5 --forms bare-answer,bare-format,fsync,fsync+10us
                                                   # what the answer and the broker's own CPU cost the ratio
 
 Runs broker_bench's (b) (one record per request, 16 in flight, CoAP over TCP, default topic: acknowledged after the
-fsync) against the broker in seven forms (or those `--forms` names), and the bare aiocoap server beside them:
+fsync) against the broker in seven forms (or those `--forms` names, which may add the forms after them), and the
+bare aiocoap server beside them:
 
 - `fsync`: the broker as shipped (on this fast disk it fsyncs on its event loop once 16 rounds were timed);
 - `linger-2ms`: the broker as shipped, except that a round on the event loop waits up to 2 ms for more requests
@@ -27,7 +28,9 @@ fsync) against the broker in seven forms (or those `--forms` names), and the bar
   the broker's own CPU per request costs, so what a cheaper produce path would buy.
 - `bare-answer` (named only with `--forms`): no broker but a second bare aiocoap server, answering every request
   with the broker's answer to a one-record produce (its CBOR offsets, Content-Format 60) instead of an empty 2.04:
-  what reading the answer alone costs the client, which the ratio counts against the broker.
+  what the answer alone costs the client and the server, which the ratio counts against the broker;
+- `bare-format` (named only with `--forms`): the same with an empty answer that carries Content-Format 60: how much
+  of that is the option rather than the payload.
 
 `linger-2ms`, `burst-2ms`, `burst-0.5ms`, `sleep` and `no-fsync` are diagnostics made by patching the broker process
 this script starts; nothing in the product can turn its fsyncs off. For each form it prints the rate, the ratio to the
@@ -77,7 +80,8 @@ from pikafka.topic_config import TopicConfig
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks-history.md)
 MODES = ("fsync", "linger-2ms", "burst-2ms", "burst-0.5ms", "threads", "sleep", "no-fsync")
-BARE_ANSWER_FORM = "bare-answer"  # the bare server answering as the broker does
+# Forms that are a second bare server answering otherwise than with an empty 2.04, by bare_coap_server's --answer.
+BARE_ANSWER_FORMS = {"bare-answer": "produce", "bare-format": "format"}
 EXTRA_CPU_FORM = re.compile(r"fsync\+(\d+)us")  # the shipped broker, N µs of busy CPU added to every append
 REQUESTS = 4000
 FSYNC_LOG_ENV = "PIKAFKA_BENCH_FSYNC_LOG"  # where the broker process writes its fsync timings as it exits
@@ -272,26 +276,28 @@ async def main(rounds: int, forms: tuple[str, ...], cpu_tax_us: int) -> None:
     ctx = await aiocoap.Context.create_client_context()
     bare_port = free_port()
     bare = start_bare(bare_port, cpu_tax_us)
-    answering: tuple[int, subprocess.Popen[bytes]] | None = None
-    if BARE_ANSWER_FORM in forms:
-        answering_port = free_port()
-        answering = answering_port, start_bare(answering_port, cpu_tax_us, answer="produce")
+    answering: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
     samples: dict[str, list[Sample]] = {name: [] for name in ("bare", *forms)}
     try:
+        for form in forms:
+            if form in BARE_ANSWER_FORMS:
+                port = free_port()
+                answering[form] = port, start_bare(port, cpu_tax_us, answer=BARE_ANSWER_FORMS[form])
         for _ in range(rounds):
             # Alternating spreads the machine's drift over every form; each broker starts fresh.
             samples["bare"].append(await measure(ctx, bare_port, bare.pid, cpu_tax_us / 1e6))
             for mode in forms:
-                if mode == BARE_ANSWER_FORM and answering is not None:
-                    sample = await measure(ctx, answering[0], answering[1].pid, cpu_tax_us / 1e6)
+                if mode in answering:
+                    port, server = answering[mode]
+                    sample = await measure(ctx, port, server.pid, cpu_tax_us / 1e6)
                 else:
                     sample = await broker_sample(ctx, mode, cpu_tax_us)
                 samples[mode].append(sample)
     finally:
         await ctx.shutdown()
         stop(bare)
-        if answering is not None:
-            stop(answering[1])
+        for _, server in answering.values():
+            stop(server)
     bare_rate = statistics.median(s.rate for s in samples["bare"])
     print(f"(b) over CoAP over TCP, {REQUESTS:,} requests, 16 in flight, medians of {rounds} alternating rounds")
     print(
@@ -327,7 +333,7 @@ if __name__ == "__main__":
     parser.add_argument("--cpu-tax-us", type=int, default=0, help="busy CPU added to every request on each side")
     args = parser.parse_args()
     chosen = tuple(form for form in args.forms.split(",") if form)
-    extra = (BARE_ANSWER_FORM,)
+    extra = tuple(BARE_ANSWER_FORMS)
     if unknown := [form for form in chosen if form not in MODES + extra and not EXTRA_CPU_FORM.fullmatch(form)]:
         parser.error(f"unknown forms {', '.join(unknown)}; known: {', '.join(MODES + extra)} and fsync+Nus")
     asyncio.run(main(args.rounds, chosen, args.cpu_tax_us))
