@@ -25,7 +25,7 @@ bare aiocoap server beside them:
   still run, with no wait;
 - `fsync+Nus` (any N, named only with `--forms`): the broker as shipped with N µs of busy CPU added to every
   produce it appends, and nothing added to the client or the bare server: how much of the ratio each microsecond of
-  the broker's own CPU per request costs, so what a cheaper produce path would buy.
+  the broker's own CPU per request costs, so what a cheaper produce path would buy;
 - `bare-answer` (named only with `--forms`): no broker but a second bare aiocoap server, answering every request
   with the broker's answer to a one-record produce (its CBOR offsets, Content-Format 60) instead of an empty 2.04:
   what the answer alone costs the client and the server, which the ratio counts against the broker;
