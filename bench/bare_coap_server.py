@@ -16,7 +16,8 @@ import aiocoap
 import aiocoap.resource as resource
 import cbor2
 
-CT_CBOR = 60
+from pikafka.protocol import CT_CBOR
+
 # The broker's answer to a one-record produce (ProduceResource), offsets of a busy partition's size.
 PRODUCE_ANSWER = cbor2.dumps(
     {"results": [{"topic": "single", "partition": 0, "base_offset": 1_234_567, "last_offset": 1_234_567}]}
