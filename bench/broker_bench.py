@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/broker_bench.py            # all four parts, about two minutes
     .venv/bin/python bench/broker_bench.py --quick    # smaller counts, for a smoke run
+    .venv/bin/python bench/broker_bench.py --pause-log FILE       # also log the brokers' long pauses (pause_log.py)
+    .venv/bin/python bench/broker_bench.py --loop-fsync-max-ms 0  # brokers that fsync every round on threads
 
 (a) batching producer, acks=1, 100-byte records: records/s
 (b) one record per request, 16 in flight: broker rate as a ratio to a bare aiocoap resource that does nothing,
@@ -24,11 +26,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import aiocoap
 import cbor2
 from bare_coap_server import burn_cpu
+from pause_log import mark
 
 from clients import Admin, Producer
 from pikafka.protocol import CT_CBOR
@@ -65,9 +70,26 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_broker(data_dir: str, port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "pi_broker.service", "--id", "1", "--bind", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--data-dir", data_dir], cwd=REPO, stdout=subprocess.DEVNULL)
+@dataclass(frozen=True)
+class BrokerLaunch:
+    """How the benchmark starts its brokers: as shipped by default."""
+
+    pause_log: TextIO | None = None  # run each under bench/pause_log.py, its stderr and the phase marks here
+    loop_fsync_max_ms: int | None = None  # the broker setting; None leaves its default
+
+    def note(self, text: str) -> None:
+        """Mark a phase in the pause log, so that the pauses line up with what was being measured."""
+        if self.pause_log is not None:
+            mark(self.pause_log, text)
+
+
+def start_broker(data_dir: str, port: int, launch: BrokerLaunch = BrokerLaunch()) -> subprocess.Popen[bytes]:
+    program = [str(REPO / "bench" / "pause_log.py")] if launch.pause_log else ["-m", "pi_broker.service"]
+    cmd = [sys.executable, *program, "--id", "1", "--bind", "127.0.0.1", "--port", str(port), "--data-dir", data_dir]
+    if launch.loop_fsync_max_ms is not None:
+        cmd += ["--loop-fsync-max-ms", str(launch.loop_fsync_max_ms)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=launch.pause_log)
+    launch.note(f"broker pid {proc.pid}: port {port}, data dir {data_dir}")
     wait_port(port, proc)
     return proc
 
@@ -152,10 +174,11 @@ async def open_loop_latency(ctx: aiocoap.Context, uri: str, topic: str, rate: in
     return latencies
 
 
-async def rss_after_records(n: int) -> float:
+async def rss_after_records(n: int, launch: BrokerLaunch) -> float:
     with tempfile.TemporaryDirectory(prefix="pikafka-bench-rss-") as tmp:
         port = free_port()
-        broker = start_broker(tmp, port)
+        broker = start_broker(tmp, port, launch)
+        launch.note("(d) begins, on a fresh broker")
         try:
             url = f"coap://127.0.0.1:{port}"
             admin = Admin(bootstrap=url)
@@ -178,13 +201,13 @@ async def timed(label: str, fn: Callable[[], Awaitable[float]]) -> float:
     return value
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, launch: BrokerLaunch) -> None:
     n_batch = 100_000 if quick else 300_000
     n_single = 1_000 if quick else 4_000
     n_rss = 200_000 if quick else 1_000_000
     with tempfile.TemporaryDirectory(prefix="pikafka-bench-") as tmp, contextlib.ExitStack() as started:
         port, bare_port, lazy_port = free_port(), free_port(), free_port()
-        broker = start_broker(os.path.join(tmp, "broker"), port)
+        broker = start_broker(os.path.join(tmp, "broker"), port, launch)
         started.callback(stop, broker)
         bare = start_bare(bare_port)
         started.callback(stop, bare)
@@ -193,7 +216,7 @@ async def main(quick: bool) -> None:
         # its deduplication lifetime (about 4 minutes) and each full garbage collection walks them all: serving the
         # lazy rounds too, the broker carried twice the bare server's exchanges, and its full collections took 1.6 s
         # in all against the bare server's 0.7 s (docs/benchmarks-history.md, stop 18).
-        lazy_broker = start_broker(os.path.join(tmp, "lazy"), lazy_port)
+        lazy_broker = start_broker(os.path.join(tmp, "lazy"), lazy_port, launch)
         started.callback(stop, lazy_broker)
         url = f"coap://127.0.0.1:{port}"
         admin = Admin(bootstrap=url)
@@ -223,6 +246,7 @@ async def main(quick: bool) -> None:
                     ("lazy", lazy_port, "lazy"),
                 ):
                     uri = f"{scheme}://127.0.0.1:{target_port}/produce"
+                    launch.note(f"(b) {scheme} {name} begins")
                     measured[name].append(await rate_in_flight(ctx, uri, topic, n_single))
             broker_rates, bare_rates, lazy_rates = measured["broker"], measured["bare"], measured["lazy"]
             b_rate, bare_rate = statistics.median(broker_rates), statistics.median(bare_rates)
@@ -242,9 +266,11 @@ async def main(quick: bool) -> None:
         # TCP first: 1,000/s over UDP overloads aiocoap (server and client alike), and the backlog it leaves
         # would show up in whatever is measured next.
         for scheme in ("coap+tcp", "coap"):
+            launch.note(f"(c) {scheme} broker begins")
             lat = await open_loop_latency(
                 ctx, f"{scheme}://127.0.0.1:{port}/produce", "single", 1000, 5 if quick else 10
             )
+            launch.note(f"(c) {scheme} bare begins")
             bare_lat = await open_loop_latency(
                 ctx, f"{scheme}://127.0.0.1:{bare_port}/produce", "single", 1000, 5 if quick else 10
             )
@@ -253,11 +279,12 @@ async def main(quick: bool) -> None:
                 f"p99 {pct(bare_lat, 0.99):.2f} ms"
             )
             print(f"  {scheme:8s} p50 {pct(lat, 0.5):.2f} ms, p99 {pct(lat, 0.99):.2f} ms, answered {len(lat):,}")
+        launch.note("(c) ends")
         await ctx.shutdown()
 
         after_all = rss_mb(broker.pid)
         print(f"(d) RSS after {n_rss:,} records in 10 partitions, on a fresh broker")
-        fresh_rss = await rss_after_records(n_rss)
+        fresh_rss = await rss_after_records(n_rss, launch)
         print(f"  broker RSS {fresh_rss:.1f} MB (the broker that ran (a)-(c): {after_all:.1f} MB)")
         print(f"  bare aiocoap server RSS after the (b)/(c) request load: {rss_mb(bare.pid):.1f} MB")
         print(
@@ -269,5 +296,10 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--pause-log", type=Path, help="append the brokers' long pauses and the phases to this file")
+    parser.add_argument("--loop-fsync-max-ms", type=int, help="the brokers' setting (0: every fsync on threads)")
+    args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    asyncio.run(main(parser.parse_args().quick))
+    with contextlib.ExitStack() as opened:
+        pause_log = opened.enter_context(args.pause_log.open("a")) if args.pause_log else None
+        asyncio.run(main(args.quick, BrokerLaunch(pause_log, args.loop_fsync_max_ms)))
