@@ -84,7 +84,7 @@ class BrokerLaunch:
 
 
 def start_broker(data_dir: str, port: int, launch: BrokerLaunch = BrokerLaunch()) -> subprocess.Popen[bytes]:
-    program = [str(REPO / "bench" / "pause_log.py")] if launch.pause_log else ["-m", "pi_broker.service"]
+    program = [str(REPO / "bench" / "pause_log.py")] if launch.pause_log is not None else ["-m", "pi_broker.service"]
     cmd = [sys.executable, *program, "--id", "1", "--bind", "127.0.0.1", "--port", str(port), "--data-dir", data_dir]
     if launch.loop_fsync_max_ms is not None:
         cmd += ["--loop-fsync-max-ms", str(launch.loop_fsync_max_ms)]
