@@ -34,6 +34,7 @@ import aiocoap
 import cbor2
 from bare_coap_server import burn_cpu
 from pause_log import mark
+from proc_readings import rss_mb
 
 from clients import Admin, Producer
 from pikafka.protocol import CT_CBOR
@@ -61,13 +62,6 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("server did not come up")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@ import aiocoap
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse broker_bench as a module
 from bare_coap_server import burn_cpu
 from broker_bench import VALUE, free_port, rate_in_flight, start_bare, stop, wait_port
+from pause_log import time_flush_syncs
+from proc_readings import cpu_seconds
 
 from clients import Admin
 from pi_broker.log.partition_log import PartitionLog
@@ -134,28 +136,13 @@ def serve(mode: str, argv: list[str]) -> int:
 
         setattr(GroupCommit, "appended", taxed_appended)  # noqa: B010
     timings: list[tuple[float, float, float]] = []  # (monotonic end, wall seconds, CPU seconds) of each fsync
-    sync = flush_ticket.FlushTicket.sync
-
-    def timed_sync(ticket: flush_ticket.FlushTicket) -> None:
-        cpu, started = time.thread_time(), time.monotonic()
-        try:
-            sync(ticket)
-        finally:
-            ended = time.monotonic()
-            timings.append((ended, ended - started, time.thread_time() - cpu))
-
-    setattr(flush_ticket.FlushTicket, "sync", timed_sync)  # noqa: B010
+    time_flush_syncs(lambda ended, wall, cpu: timings.append((ended, wall, cpu)))
     try:
         return main(argv)
     finally:
         log_path = os.environ.get(FSYNC_LOG_ENV)
         if log_path:
             Path(log_path).write_text(json.dumps(timings))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def interrupts() -> int:

@@ -7,7 +7,7 @@ group-commit round that took over FSYNC_LOG_S. Each line carries the wall-clock 
 with the phase marks broker_bench.py writes into the same file, and the broker's pid; a collection's line also has
 the broker's RSS. A full collection stops the broker's event loop for its whole length; an fsync does when the loop
 syncs its rounds itself. Stop 37 traced (c)'s outliers over TCP with it (docs/benchmarks.md). The callback costs
-the broker one call per collection and the timing two clock reads per fsync, so figures measured with it are
+the broker one call per collection and the timing four clock reads per fsync, so figures measured with it are
 reported apart from plain runs.
 """
 
@@ -17,8 +17,10 @@ import gc
 import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
+
+from proc_readings import rss_mb
 
 GC_LOG_S = 0.005
 FSYNC_LOG_S = 0.010
@@ -34,15 +36,26 @@ def mark(stream: TextIO, text: str) -> None:
     print(f"{stamp()} {text}", file=stream, flush=True)
 
 
-def rss_mb() -> float:
-    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+def time_flush_syncs(record: Callable[[float, float, float], None]) -> None:
+    """From now on, report every group-commit fsync of this process as `record(monotonic end, wall seconds, CPU
+    seconds of the syncing thread)`, from whichever thread ran it."""
+    from pi_broker.log.flush_ticket import FlushTicket
+
+    sync = FlushTicket.sync
+
+    def timed_sync(ticket: FlushTicket) -> None:
+        cpu, started = time.thread_time(), time.monotonic()
+        try:
+            sync(ticket)
+        finally:
+            ended = time.monotonic()
+            record(ended, ended - started, time.thread_time() - cpu)
+
+    setattr(FlushTicket, "sync", timed_sync)  # noqa: B010
 
 
 def log_pauses(stream: TextIO) -> None:
     """From now on, log this process's long garbage collections and fsync rounds to `stream`."""
-    from pi_broker.log.flush_ticket import FlushTicket
-
     started = [0.0]  # of the collection under way: the callback is called at its start and at its end
 
     def on_collection(phase: str, info: dict[str, int]) -> None:
@@ -52,25 +65,18 @@ def log_pauses(stream: TextIO) -> None:
         took = time.perf_counter() - started[0]
         if took > GC_LOG_S:
             generation, collected = info["generation"], info["collected"]
-            rss = rss_mb()
+            rss = rss_mb(os.getpid())
             mark(
                 stream,
                 f"pid {os.getpid()}: gc gen{generation} {took * 1000:.1f} ms, {collected} collected, RSS {rss:.0f} MB",
             )
 
+    def on_sync(ended: float, wall: float, cpu: float) -> None:
+        if wall > FSYNC_LOG_S:
+            mark(stream, f"pid {os.getpid()}: fsync {wall * 1000:.1f} ms")
+
     gc.callbacks.append(on_collection)
-    sync = FlushTicket.sync
-
-    def timed_sync(ticket: FlushTicket) -> None:
-        began = time.perf_counter()
-        try:
-            sync(ticket)
-        finally:
-            took = time.perf_counter() - began
-            if took > FSYNC_LOG_S:
-                mark(stream, f"pid {os.getpid()}: fsync {took * 1000:.1f} ms")
-
-    setattr(FlushTicket, "sync", timed_sync)  # noqa: B010
+    time_flush_syncs(on_sync)
 
 
 if __name__ == "__main__":
