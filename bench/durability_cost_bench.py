@@ -273,13 +273,13 @@ async def main(rounds: int, forms: tuple[str, ...], cpu_tax_us: int) -> None:
         for _ in range(rounds):
             # Alternating spreads the machine's drift over every form; each broker starts fresh.
             samples["bare"].append(await measure(ctx, bare_port, bare.pid, cpu_tax_us / 1e6))
-            for mode in forms:
-                if mode in answering:
-                    port, server = answering[mode]
+            for form in forms:
+                if form in answering:
+                    port, server = answering[form]
                     sample = await measure(ctx, port, server.pid, cpu_tax_us / 1e6)
                 else:
-                    sample = await broker_sample(ctx, mode, cpu_tax_us)
-                samples[mode].append(sample)
+                    sample = await broker_sample(ctx, form, cpu_tax_us)
+                samples[form].append(sample)
     finally:
         await ctx.shutdown()
         stop(bare)
