@@ -56,13 +56,14 @@ def time_flush_syncs(record: Callable[[float, float, float], None]) -> None:
 
 def log_pauses(stream: TextIO) -> None:
     """From now on, log this process's long garbage collections and fsync rounds to `stream`."""
-    started = [0.0]  # of the collection under way: the callback is called at its start and at its end
+    started = 0.0  # of the collection under way: the callback is called at its start and at its end
 
     def on_collection(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
         if phase == "start":
-            started[0] = time.perf_counter()
+            started = time.perf_counter()
             return
-        took = time.perf_counter() - started[0]
+        took = time.perf_counter() - started
         if took > GC_LOG_S:
             generation, collected = info["generation"], info["collected"]
             rss = rss_mb(os.getpid())
