@@ -122,6 +122,24 @@ def test_each_move_is_logged_once(caplog: pytest.LogCaptureFixture):
     assert moves[1].startswith("fsyncs move to the fsync threads: last round 200.0 ms")
 
 
+def test_a_stall_on_the_threads_is_logged_once_a_hold(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="pi_broker.fsync_placement")
+    clock = FakeClock()
+    p = placement(clock)
+    p.record(0.3, written_bytes=512)  # on the threads from the start: no move to log, but the hold it starts
+    for _ in range(30):
+        clock.now += 1.0
+        p.record(0.2)  # the disk stalls every second: each re-arms the hold, none is news
+    clock.now += 61.0
+    p.record(0.25)  # the first after a whole quiet hold: news again
+    stalls = [r.getMessage() for r in caplog.records]
+    assert stalls == [
+        "an fsync round stalled: 300.0 ms for 512 bytes; fsyncs stay on the fsync threads for at least 60 s",
+        "an fsync round stalled: 250.0 ms for 0 bytes; fsyncs stay on the fsync threads for at least 60 s",
+    ]
+    assert not p.on_loop
+
+
 def test_a_long_round_that_had_much_to_write_is_no_stall():
     clock = FakeClock()
     p = placement(clock)  # stall_s 50 ms; the allowance is 4 MiB/s
