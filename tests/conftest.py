@@ -33,7 +33,7 @@ def _ephemeral_ports() -> range:
 
 # Every port free_port() has returned in this test session. A fixture often picks several ports before it starts
 # any of the services (a cluster's zookeeper and brokers), so a port it picked is still unbound when it picks the
-# next; without this set two brokers of one cluster could draw the same port, which failed a CI run (stop 49).
+# next; without this set two brokers of one cluster could draw the same port, which failed a CI run.
 _handed_out: set[int] = set()
 
 
