@@ -83,7 +83,7 @@ class FsyncPlacement:
             if not self.on_loop and now - self._last_stall >= self._stall_hold_s:
                 # Said once a hold, not once a stall: a disk that stalls often would fill the journal. Without it
                 # a broker that keeps its rounds on the threads for a stall nobody saw cannot be told from one
-                # whose disk is slow on average (benchmark (b)'s 0.54 at stop 46).
+                # whose disk is slow on average.
                 log.info(
                     "an fsync round stalled: %.1f ms for %d bytes; "
                     "fsyncs stay on the fsync threads for at least %.0f s",
