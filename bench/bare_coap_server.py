@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 
 import aiocoap
 import aiocoap.resource as resource
 import cbor2
 
+from pikafka.port_probe import PortInUseError, ensure_port_free
 from pikafka.protocol import CT_CBOR
 
 # The broker's answer to a one-record produce (ProduceResource), offsets of a busy partition's size.
@@ -53,6 +55,8 @@ class Nothing(resource.Resource):  # type: ignore[misc]
 async def serve(port: int, cpu_tax_s: float = 0.0, answer: str = "empty") -> None:
     site = resource.Site()
     site.add_resource(["produce"], Nothing(cpu_tax_s, answer))
+    # Like the broker, refuse a taken port: sharing it, each server would answer part of the other's clients.
+    ensure_port_free("127.0.0.1", port)
     await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", port))
     await asyncio.Event().wait()
 
@@ -63,4 +67,7 @@ if __name__ == "__main__":
     parser.add_argument("--cpu-tax-us", type=int, default=0, help="busy CPU added to every request, in µs")
     parser.add_argument("--answer", choices=tuple(ANSWERS), default="empty", help="what every answer carries")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.cpu_tax_us / 1e6, args.answer))
+    try:
+        asyncio.run(serve(args.port, args.cpu_tax_us / 1e6, args.answer))
+    except PortInUseError as exc:
+        sys.exit(f"bare_coap_server: {exc}")

@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from clients import Admin, Producer  # noqa: E402
-from tests.conftest import BrokerProcess, free_port  # noqa: E402
+from tests.conftest import BrokerProcess  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 VALUE = b"x" * 100
 

@@ -30,25 +30,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import aiocoap
-import cbor2
-from bare_coap_server import burn_cpu
-from pause_log import mark
-from proc_readings import rss_mb
-
-from clients import Admin, Producer
-from pikafka.protocol import CT_CBOR
-from pikafka.records import Record, encode_batch
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for tests.ports, the tests' port picker
+
+import aiocoap  # noqa: E402
+import cbor2  # noqa: E402
+from bare_coap_server import burn_cpu  # noqa: E402  (bench/, the script's directory)
+from pause_log import mark  # noqa: E402
+from proc_readings import rss_mb  # noqa: E402
+
+from clients import Admin, Producer  # noqa: E402
+from pikafka.protocol import CT_CBOR  # noqa: E402
+from pikafka.records import Record, encode_batch  # noqa: E402
+from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
+
 VALUE = b"x" * 100
 B_ROUNDS = 3  # (b) is noisy from run to run on a shared 2-core machine: report the median of alternating rounds
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -23,22 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from clients import Admin, Producer
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for tests.ports, the tests' port picker
+
+from clients import Admin, Producer  # noqa: E402
+from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
+
 VALUE = b"x" * 100
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
-            u.bind(("127.0.0.1", 0))
-            port = int(u.getsockname()[1])
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def spawn(module: str, port: int, args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -68,8 +68,9 @@ from pathlib import Path
 import aiocoap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse broker_bench as a module
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
 from bare_coap_server import burn_cpu
-from broker_bench import VALUE, free_port, rate_in_flight, start_bare, stop, wait_port
+from broker_bench import VALUE, rate_in_flight, start_bare, stop, wait_port
 from pause_log import time_flush_syncs
 from proc_readings import cpu_seconds
 
@@ -78,6 +79,7 @@ from pi_broker.log.partition_log import PartitionLog
 from pi_broker.partition import Partition
 from pikafka.records import Record, encode_batch
 from pikafka.topic_config import TopicConfig
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks-history.md)

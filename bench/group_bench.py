@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,10 @@ sys.path.insert(0, str(REPO))
 from clients.admin import Admin  # noqa: E402
 from clients.consumer import Consumer  # noqa: E402
 from clients.producer import Producer  # noqa: E402
+from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
 
 TOPIC = "bench"
 PARTITIONS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def member(url: str, group: str) -> None:

@@ -19,21 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiocoap
-import cbor2
-
-from pikafka.protocol import CT_CBOR
-from pikafka.records import Record, encode_batch, iter_batches
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # for tests.ports, the tests' port picker
+
+import aiocoap  # noqa: E402
+import cbor2  # noqa: E402
+
+from pikafka.protocol import CT_CBOR  # noqa: E402
+from pikafka.records import Record, encode_batch, iter_batches  # noqa: E402
+from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
+
 FETCH_MAX_BYTES = 1024 * 1024
 BATCH_VALUE = b"r" * (64 * 1024 - 200)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 from proc_readings import cpu_seconds, status_kib  # noqa: E402  (bench/, the script's directory)
 
 from clients import Admin, Consumer  # noqa: E402
-from tests.conftest import BrokerProcess, free_port  # noqa: E402
+from tests.conftest import BrokerProcess  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
 
 async def main() -> None:

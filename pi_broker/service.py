@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +34,7 @@ from pikafka.config_file import ConfigError
 from pikafka.journal_logging import setup_logging
 from pikafka.lifecycle import run_service
 from pikafka.malloc_tuning import tune_malloc
+from pikafka.port_probe import ensure_port_free
 
 log = logging.getLogger("pi_broker")
 
@@ -79,7 +79,8 @@ class BrokerService:
         # aiocoap reads the largest acceptable CoAP-over-TCP message from this class attribute (1 MiB by default);
         # one process serves one broker, so setting it here sizes every connection for max_request_bytes.
         rfc8323common.RFC8323Remote._my_max_message_size = self.config.max_request_bytes + _TCP_FRAME_SLACK
-        _check_port_free(self.config.bind, self.config.port)
+        # aiocoap would share a taken port with its owner rather than fail (pikafka/port_probe.py).
+        ensure_port_free(self.config.bind, self.config.port)
         site = build_site(self.broker, self.replica_server, self.link)
         self.context = await BrokerContext.create_server_context(site, bind=(self.config.bind, self.config.port))
         self.peer.context = self.context
@@ -117,18 +118,6 @@ class BrokerService:
         await self.broker.close()
         if serving:
             log.info("broker %d stopped; all logs flushed", self.config.broker_id)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """aiocoap binds with SO_REUSEPORT, so a second broker on a taken port would start and silently share the
-    traffic. A probe socket without that option fails with EADDRINUSE instead."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT leftover is no owner
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise OSError(exc.errno, f"port {port} on {host} is in use ({exc.strerror})") from None
 
 
 def _host_literal(host: str) -> str:

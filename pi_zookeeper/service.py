@@ -34,6 +34,7 @@ from pikafka.background_task import cancel_and_wait
 from pikafka.config_file import ConfigError, flag_overrides, read_toml
 from pikafka.journal_logging import setup_logging
 from pikafka.lifecycle import run_service
+from pikafka.port_probe import ensure_port_free
 
 log = logging.getLogger("pi_zookeeper")
 
@@ -128,6 +129,8 @@ class ZookeeperService:
 
     async def start(self) -> str:
         cfg = self.config
+        # Before anything else: aiocoap would share a taken port with its owner rather than fail (port_probe.py).
+        ensure_port_free(cfg.bind, cfg.port)
         session_timeout = cfg.session_timeout_ms / 1000
         self.store.open()
         state = self.store.load(session_timeout, now=time.monotonic())

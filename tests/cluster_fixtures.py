@@ -28,8 +28,9 @@ from aiocoap import Code, Context, Message
 from pikafka.errors import ErrorCode, PikafkaError
 from pikafka.protocol import CT_CBOR
 from pikafka.records import CorruptBatchError, Record, decode_records, encode_batch, iter_batches
-from tests.conftest import REPO, BrokerProcess, free_port
+from tests.conftest import REPO, BrokerProcess
 from tests.history_checker import Ack, Consumed
+from tests.ports import free_port
 from tests.processes import stop_gracefully, wait_for_port
 
 HEARTBEAT_MS = 200

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,49 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.processes import stop_gracefully, wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 # The cluster fixtures (a zookeeper and N brokers as real processes) for the replication and fault tests.
 pytest_plugins = ["tests.cluster_fixtures"]
-
-
-def _ephemeral_ports() -> range:
-    try:
-        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return range(low, high + 1)
-
-
-# Every port free_port() has returned in this test session. A fixture often picks several ports before it starts
-# any of the services (a cluster's zookeeper and brokers), so a port it picked is still unbound when it picks the
-# next; without this set two brokers of one cluster could draw the same port, which failed a CI run.
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free on loopback for both UDP and TCP (the broker binds both), never returned before in this session,
-    chosen below the kernel's ephemeral range: a port the kernel handed out (to bind(0) or to any client socket's
-    source) can be handed out again to some other socket between this check and the service binding it, which
-    failed a CI run with EADDRINUSE."""
-    ephemeral = _ephemeral_ports()
-    candidates = [p for p in range(10_000, 30_000) if p not in ephemeral] or list(range(10_000, 30_000))
-    candidates = [p for p in candidates if p not in _handed_out]
-    for port in random.sample(candidates, min(200, len(candidates))):
-        with (
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u,
-            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t,
-        ):
-            try:
-                u.bind(("127.0.0.1", port))
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError("no free port")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.ports import free_port
 from tests.processes import stop_gracefully, wait_for_port
 
 MOSQUITTO = shutil.which("mosquitto") or next(

@@ -15,9 +15,10 @@ import pytest
 
 from clients.admin import Admin
 from clients.producer import Producer
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.group_history import consumed, order_violations, owners_per_generation, read_lines
 from tests.history_checker import Ack, check
+from tests.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 DEADLINE_S = 30.0

@@ -11,8 +11,9 @@ from aiocoap import Code
 from pikafka.errors import ErrorCode
 from pikafka.protocol import CT_CBOR, CT_JSON, CT_TEXT
 from pikafka.records import Record, encode_batch
-from tests.conftest import BrokerProcess, free_port
+from tests.conftest import BrokerProcess
 from tests.integration.broker_coap import SEED_TOPIC, SEED_VALUES, assert_alive_with_seed, connect
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ import pytest
 from aiocoap import Code
 
 from pikafka.records import Record, encode_batch
-from tests.conftest import REPO, BrokerProcess, free_port, running_broker
+from tests.conftest import REPO, BrokerProcess, running_broker
+from tests.ports import free_port
 
 ON_LOOP = "fsyncs move to the event loop"
 

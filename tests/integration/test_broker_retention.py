@@ -8,7 +8,8 @@ import time
 import pytest
 
 from clients import Admin, Consumer, Producer, TopicPartition
-from tests.conftest import BrokerProcess, free_port
+from tests.conftest import BrokerProcess
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.ports import free_port
 
 
 def pikafka(

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from clients import Admin, Consumer, Producer
-from tests.conftest import free_port
+from tests.ports import free_port
 
 RECORDS = 12_000
 PARTITIONS = 3

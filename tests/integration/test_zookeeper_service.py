@@ -23,7 +23,8 @@ import cbor2
 import pytest
 from aiocoap.numbers.codes import Code
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.ports import free_port
 from tests.processes import stop_gracefully, wait_for_port
 
 HB_MS = 100
@@ -470,6 +471,26 @@ def test_unparseable_state_file_refuses_to_start(tmp_path: Path) -> None:
     err = proc.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "cluster.json" in err
     assert (data / "cluster.json").read_text() == '{"cluster_id": "abc", "brok'
+
+
+async def test_second_zookeeper_on_the_same_port_refuses_to_start(zk, tmp_path: Path) -> None:
+    # aiocoap binds with SO_REUSEPORT: without the check a second zookeeper, with state of its own, would start and
+    # answer part of the brokers' heartbeats, and the two would each decide leaders for a half-seen cluster.
+    second = ZookeeperProcess(tmp_path / "other-zk-data", zk.port, tmp_path / "other-zk.log")
+    proc = await asyncio.to_thread(subprocess.run, second.command(), capture_output=True, cwd=REPO, timeout=30)
+    assert proc.returncode == 1, proc
+    err = proc.stderr.decode().strip()
+    assert len(err.splitlines()) == 1 and f"port {zk.port} on 127.0.0.1 is in use" in err, err
+    assert not (tmp_path / "other-zk-data" / "cluster.json").exists()
+    # The first one still has the port to itself: every request reaches it.
+    for _ in range(10):
+        fresh = await aiocoap.Context.create_client_context()
+        try:
+            reply = await fresh.request(aiocoap.Message(code=Code.GET, uri=f"{zk.url}/metadata")).response
+        finally:
+            await fresh.shutdown()
+        assert reply.code == Code.CONTENT
+    assert zk.proc is not None and zk.proc.poll() is None
 
 
 def test_sigterm_exits_zero_quickly(zk) -> None:

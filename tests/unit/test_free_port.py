@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 
 def test_ports_picked_before_any_is_bound_are_all_different() -> None:
@@ -13,8 +13,8 @@ def test_ports_picked_before_any_is_bound_are_all_different() -> None:
     assert len(set(ports)) == len(ports)
 
 
-def test_the_fixtures_and_the_tests_share_one_picker() -> None:
-    # If pytest loaded conftest.py under a second module name, its fixtures would keep a separate record of the
-    # ports handed out and could hand out a test's port again.
-    pickers = [name for name, module in sys.modules.items() if hasattr(module, "free_port") and "conftest" in name]
-    assert pickers == ["tests.conftest"]
+def test_the_fixtures_the_tests_and_the_benchmarks_share_one_record() -> None:
+    # If pytest loaded the picker's module under a second name, that copy would keep its own record of the ports
+    # handed out and could hand out a port again.
+    records = [name for name, module in sys.modules.items() if hasattr(module, "_handed_out")]
+    assert records == ["tests.ports"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
