@@ -30,19 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
+
+import aiocoap
+import cbor2
+from bare_coap_server import burn_cpu
+from pause_log import mark
+from proc_readings import rss_mb
+
+from clients import Admin, Producer
+from pikafka.protocol import CT_CBOR
+from pikafka.records import Record, encode_batch
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.ports, the tests' port picker
-
-import aiocoap  # noqa: E402
-import cbor2  # noqa: E402
-from bare_coap_server import burn_cpu  # noqa: E402  (bench/, the script's directory)
-from pause_log import mark  # noqa: E402
-from proc_readings import rss_mb  # noqa: E402
-
-from clients import Admin, Producer  # noqa: E402
-from pikafka.protocol import CT_CBOR  # noqa: E402
-from pikafka.records import Record, encode_batch  # noqa: E402
-from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
 
 VALUE = b"x" * 100
 B_ROUNDS = 3  # (b) is noisy from run to run on a shared 2-core machine: report the median of alternating rounds

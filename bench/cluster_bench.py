@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.ports, the tests' port picker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
 
-from clients import Admin, Producer  # noqa: E402
-from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
+from clients import Admin, Producer
+from tests.ports import free_port
+
+REPO = Path(__file__).resolve().parent.parent
 
 VALUE = b"x" * 100
 

@@ -19,15 +19,16 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
+
+import aiocoap
+import cbor2
+
+from pikafka.protocol import CT_CBOR
+from pikafka.records import Record, encode_batch, iter_batches
+from tests.ports import free_port
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.ports, the tests' port picker
-
-import aiocoap  # noqa: E402
-import cbor2  # noqa: E402
-
-from pikafka.protocol import CT_CBOR  # noqa: E402
-from pikafka.records import Record, encode_batch, iter_batches  # noqa: E402
-from tests.ports import free_port  # noqa: E402  (one picker: ports handed out once per process)
 
 FETCH_MAX_BYTES = 1024 * 1024
 BATCH_VALUE = b"r" * (64 * 1024 - 200)

@@ -72,6 +72,9 @@ class BrokerService:
             self.link.refresh_metadata_soon()
 
     async def start(self) -> str:
+        # Before recovering any log: aiocoap would share a taken port with its owner rather than fail
+        # (pikafka/port_probe.py).
+        ensure_port_free(self.config.bind, self.config.port)
         self.broker.open()
         self.broker.start()
         if self.config.zookeeper is not None:
@@ -79,8 +82,6 @@ class BrokerService:
         # aiocoap reads the largest acceptable CoAP-over-TCP message from this class attribute (1 MiB by default);
         # one process serves one broker, so setting it here sizes every connection for max_request_bytes.
         rfc8323common.RFC8323Remote._my_max_message_size = self.config.max_request_bytes + _TCP_FRAME_SLACK
-        # aiocoap would share a taken port with its owner rather than fail (pikafka/port_probe.py).
-        ensure_port_free(self.config.bind, self.config.port)
         site = build_site(self.broker, self.replica_server, self.link)
         self.context = await BrokerContext.create_server_context(site, bind=(self.config.bind, self.config.port))
         self.peer.context = self.context
