@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests/ports.py and tests/processes.py
 
 import aiocoap
 import cbor2
@@ -42,24 +41,12 @@ from clients import Admin, Producer
 from pikafka.protocol import CT_CBOR
 from pikafka.records import Record, encode_batch
 from tests.ports import free_port
+from tests.processes import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 VALUE = b"x" * 100
 B_ROUNDS = 3  # (b) is noisy from run to run on a shared 2-core machine: report the median of alternating rounds
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not come up")
 
 
 @dataclass(frozen=True)
@@ -82,7 +69,7 @@ def start_broker(data_dir: str, port: int, launch: BrokerLaunch = BrokerLaunch()
         cmd += ["--loop-fsync-max-ms", str(launch.loop_fsync_max_ms)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=launch.pause_log)
     launch.note(f"broker pid {proc.pid}: port {port}, data dir {data_dir}")
-    wait_port(port, proc)
+    wait_for_port(proc, port, None, "broker", 20.0)
     return proc
 
 
@@ -90,7 +77,7 @@ def start_bare(port: int, cpu_tax_us: int = 0, answer: str = "empty") -> subproc
     script = str(REPO / "bench" / "bare_coap_server.py")
     args = ["--port", str(port), "--cpu-tax-us", str(cpu_tax_us), "--answer", answer]
     proc = subprocess.Popen([sys.executable, script, *args])
-    wait_port(port, proc)
+    wait_for_port(proc, port, None, "bare aiocoap server", 20.0)
     return proc
 
 

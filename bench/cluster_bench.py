@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,10 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests/ports.py and tests/processes.py
 
 from clients import Admin, Producer
 from tests.ports import free_port
+from tests.processes import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,16 +41,8 @@ def spawn(module: str, port: int, args: list[str], log: Path) -> subprocess.Pope
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{module} exited; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{module} did not come up")
+    wait_for_port(proc, port, log, module, 20.0)
+    return proc
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -68,9 +68,9 @@ from pathlib import Path
 import aiocoap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reuse broker_bench as a module
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests/ports.py and tests/processes.py
 from bare_coap_server import burn_cpu
-from broker_bench import VALUE, rate_in_flight, start_bare, stop, wait_port
+from broker_bench import VALUE, rate_in_flight, start_bare, stop
 from pause_log import time_flush_syncs
 from proc_readings import cpu_seconds
 
@@ -80,6 +80,7 @@ from pi_broker.partition import Partition
 from pikafka.records import Record, encode_batch
 from pikafka.topic_config import TopicConfig
 from tests.ports import free_port
+from tests.processes import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 SLEEP_S = 0.0004  # median fsync under this benchmark's load on the 2-core machine (docs/benchmarks-history.md)
@@ -249,7 +250,7 @@ async def broker_sample(ctx: aiocoap.Context, form: str, cpu_tax_us: int) -> Sam
         env = {**os.environ, FSYNC_LOG_ENV: str(log_path), CPU_TAX_ENV: str(broker_tax_us)}
         proc = subprocess.Popen([*cmd, "--data-dir", str(data_dir)], cwd=REPO, stdout=subprocess.DEVNULL, env=env)
         try:
-            wait_port(port, proc)
+            wait_for_port(proc, port, None, "broker", 20.0)
             admin = Admin(bootstrap=f"coap://127.0.0.1:{port}")
             await admin.create_topic("single", partitions=1, replication_factor=1)
             await admin.close()

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.ports, the tests' port picker
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests/ports.py and tests/processes.py
 
 import aiocoap
 import cbor2
@@ -27,24 +26,12 @@ import cbor2
 from pikafka.protocol import CT_CBOR
 from pikafka.records import Record, encode_batch, iter_batches
 from tests.ports import free_port
+from tests.processes import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 FETCH_MAX_BYTES = 1024 * 1024
 BATCH_VALUE = b"r" * (64 * 1024 - 200)
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("process did not come up")
 
 
 async def request(ctx: aiocoap.Context, uri: str, code: aiocoap.Code, body: object) -> object:
@@ -94,14 +81,14 @@ async def run(megabytes: int) -> None:
             ]
             zk = subprocess.Popen([sys.executable, "-m", "pi_zookeeper.service", *zk_args], cwd=REPO)
             procs.append(zk)
-            wait_port(zk_port, zk)
+            wait_for_port(zk, zk_port, None, "zookeeper", 20.0)
             for broker_id, port in ports.items():
                 args = ["--id", str(broker_id), "--bind", "127.0.0.1", "--port", str(port)]
                 args += ["--data-dir", f"{tmp}/b{broker_id}", "--log-level", "WARNING"]
                 args += ["--zookeeper", f"coap://127.0.0.1:{zk_port}"]
                 proc = subprocess.Popen([sys.executable, "-m", "pi_broker.service", *args], cwd=REPO)
                 procs.append(proc)
-                wait_port(port, proc)
+                wait_for_port(proc, port, None, f"broker {broker_id}", 20.0)
             ctx = await aiocoap.Context.create_client_context()
             zk_base = f"coap+tcp://127.0.0.1:{zk_port}"
             await asyncio.sleep(1.0)  # both brokers registered

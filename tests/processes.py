@@ -1,4 +1,4 @@
-"""What every test that runs a real service process needs: wait until it listens, stop it gracefully."""
+"""What every test or benchmark that runs a real service process needs: wait until it listens, stop it gracefully."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 
-def wait_for_port(proc: subprocess.Popen[Any], port: int, log_path: Path, what: str, timeout: float) -> None:
+def wait_for_port(proc: subprocess.Popen[Any], port: int, log_path: Path | None, what: str, timeout: float) -> None:
     """Return once the process accepts TCP connections on the loopback port (the services bind after recovering
-    their state, so this also means "ready"); raise with the process log if it exits or never listens."""
+    their state, so this also means "ready"); raise with the process log if it exits or never listens (log_path
+    None: the process has no log file of its own, as the benchmarks' servers, which write to the terminal)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -29,7 +30,9 @@ def wait_for_port(proc: subprocess.Popen[Any], port: int, log_path: Path, what: 
     raise RuntimeError(f"{what} not ready after {timeout}s:\n{_read(log_path)}")
 
 
-def _read(log_path: Path) -> str:
+def _read(log_path: Path | None) -> str:
+    if log_path is None:
+        return "(no log file)"
     return log_path.read_text(errors="replace") if log_path.exists() else "(no log)"
 
 
