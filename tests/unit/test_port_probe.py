@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 
 import aiocoap
 import aiocoap.resource as resource
@@ -25,8 +24,8 @@ def shared_socket(kind: int, port: int) -> socket.socket:
 
 
 @pytest.fixture
-def port() -> Iterator[int]:
-    yield free_port()
+def port() -> int:
+    return free_port()
 
 
 def test_a_port_nobody_holds_passes(port: int) -> None:
